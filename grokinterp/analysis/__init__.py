@@ -1,0 +1,11 @@
+"""Analyses: pure functions on tensors, plus ``over_training`` mapping them over a run (DESIGN §5).
+
+Importing this package registers every analysis with the driver.
+"""
+
+from grokinterp.analysis.registry import ANALYSES, applicable, over_training, register_analysis
+from grokinterp.analysis import fourier_training  # noqa: F401  (registers "fourier")
+from grokinterp.analysis import tickets  # noqa: F401  (registers "tickets")
+from grokinterp.analysis import dynamics  # noqa: F401  (registers "rank", "complexity", "norms", "robustness")
+
+__all__ = ["ANALYSES", "applicable", "over_training", "register_analysis"]

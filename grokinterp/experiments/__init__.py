@@ -1,0 +1,1 @@
+"""Experiments: orchestrate training + analysis (tickets retraining, GrokTransfer, sweeps)."""

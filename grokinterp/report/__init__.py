@@ -1,0 +1,1 @@
+"""Reports: plotly figures and the self-contained HTML report."""
