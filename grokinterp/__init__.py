@@ -1,22 +1,36 @@
 """grokinterp: mechanistic interpretability of grokking.
 
 Train small models with dense checkpoints and watch, checkpoint by checkpoint, how the
-generalising circuit forms. See README.md and DESIGN.md for the map.
+generalising circuit forms. See README.md for the map.
+
+The top-level names are imported lazily (PEP 562): ``import grokinterp`` and ``grokinterp --help``
+stay fast, while ``grokinterp.train`` pulls in torch and TransformerLens on first use.
 """
 
-from grokinterp._version import __version__  # noqa: E402
+from grokinterp._version import __version__
 
-from grokinterp.config import GrokinterpError, RunConfig, load_preset  # noqa: E402
-from grokinterp.store import Run  # noqa: E402
-from grokinterp.tasks import make_task  # noqa: E402
-from grokinterp.training import train  # noqa: E402
+_LAZY = {
+    "GrokinterpError": "grokinterp.config",
+    "RunConfig": "grokinterp.config",
+    "load_preset": "grokinterp.config",
+    "Run": "grokinterp.store",
+    "make_task": "grokinterp.tasks",
+    "build_model": "grokinterp.models",
+    "train": "grokinterp.training",
+    "over_training": "grokinterp.analysis",
+}
 
-__all__ = [
-    "GrokinterpError",
-    "Run",
-    "RunConfig",
-    "__version__",
-    "load_preset",
-    "make_task",
-    "train",
-]
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'grokinterp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*_LAZY, "__version__"])
+
+
+__all__ = [*_LAZY, "__version__"]

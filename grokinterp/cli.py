@@ -162,12 +162,26 @@ def train(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever run is in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    seeds: str = typer.Option(
+        None,
+        "--seeds",
+        help="Train many train.seed values at once (0-63 or 0,2,5-7): one run per seed in "
+        "<out>/seed<k>, stacked weights on one device.",
+    ),
 ) -> None:
     """Train a model with dense checkpoints into a run directory."""
     from grokinterp.training import train as train_run
 
     cfg = resolve_config(preset, config, overrides)
     out = out or Path("checkpoints") / cfg.name
+    if seeds is not None:
+        from grokinterp.training.multiseed import parse_seeds, train_seeds
+
+        runs = train_seeds(
+            cfg, parse_seeds(seeds), out, resume=resume, overwrite=overwrite, progress=not quiet
+        )
+        console.print(runs_table([r.path for r in runs], title=f"trained {len(runs)} seeds"))
+        return
     run = train_run(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet)
     console.print(runs_table([run.path], title="trained"))
 
@@ -183,15 +197,14 @@ def run_cmd(
         None, "--out", "-o", help="Run directory (default checkpoints/<preset>)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    overrides: list[str] = typer.Option(
+        None, "--set", "-s", help="Override a value: --set train.steps=200."
+    ),
+    light: bool = typer.Option(False, "--light", help="Link plotly.js instead of embedding it."),
 ) -> None:
-    """The main job: train the demo (resuming if it exists), analyze, and summarise."""
-    from grokinterp.store import is_run_dir
-    from grokinterp.training import train as train_run
-
-    cfg = load_preset(preset)
-    out = out or Path("checkpoints") / preset
-    run = train_run(cfg, out, resume=is_run_dir(out), progress=not quiet)
-    console.print(runs_table([run.path], title=f"{preset}: trained"))
+    """The main job: train (resuming if the run exists), analyze everything that applies,
+    write the HTML report, print a summary and the report's path."""
+    main_job(preset, out, overrides or [], quiet, light)
 
 
 # ----------------------------------------------------------------------------- analyze
@@ -240,6 +253,272 @@ ANALYSIS_SUMMARIES: dict = {}
 
 
 # --- helper commands go below this line ---
+
+
+# ----------------------------------------------------------------------------- report + main job
+
+# Main-job settings of costly analyses, so that `grokinterp run` stays within ~3 minutes on 2 CPU
+# cores: parameters and the most checkpoints used (evenly spread, first and last kept).
+# `grokinterp analyze RUN` computes them in full (all checkpoints, default parameters).
+MAIN_JOB_ANALYSES: dict[str, tuple[dict, int | None]] = {
+    "complexity": ({"n_samples": 256, "n_directions": 10}, 30),
+    "rank": ({"n_samples": 512}, 30),
+    "norms": ({}, 30),
+    "robustness": ({}, 20),
+}
+
+
+def _spread(steps: list[int], k: int | None) -> list[int]:
+    if k is None or len(steps) <= k:
+        return list(steps)
+    idx = {round(i * (len(steps) - 1) / (k - 1)) for i in range(k)}
+    return [steps[i] for i in sorted(idx)]
+
+
+def _cached_steps(run, name: str) -> list[int] | None:
+    """Steps of a readable cache of ``name`` (None if there is none)."""
+    import json
+
+    from grokinterp.analysis.registry import cache_path, load_cached
+
+    if load_cached(run, name) is None:
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(cache_path(run, name)), "pt") as f:
+            return json.loads((f.metadata() or {})["steps"])
+    except Exception:
+        return None
+
+
+def _fmt_seconds(s: float | None) -> str:
+    return "—" if s is None else (f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min")
+
+
+def report_table(result) -> Table:
+    """Headline numbers of a report (one row per run) as a rich table."""
+    from grokinterp.report.sections import fmt_pct, fmt_step
+
+    table = Table(title=f"summary (threshold {fmt_pct(result.summary['threshold'])})")
+    for col in ("run", "memorised at", "generalised at", "delay", "train acc", "test acc"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for s in result.summary["runs"]:
+        ratio = s.get("delay_ratio")
+        table.add_row(
+            s["run"],
+            fmt_step(s["step_memorization"]),
+            fmt_step(s["step_generalization"]),
+            f"{ratio:.1f}×" if ratio else "—",
+            fmt_pct(s["final_train_acc"], 1),
+            fmt_pct(s["final_test_acc"], 1),
+        )
+    return table
+
+
+def _print_report_paths(result) -> None:
+    counts = ", ".join(f"{n} {k}" for k, n in result.status_counts().items())
+    console.print(
+        f"report: [bold]{result.html_path}[/] ({result.size_bytes / 1e6:.1f} MB, "
+        f"{result.n_figures} figures; sections: {counts})\\nsummary: {result.summary_path}",
+        highlight=False,
+    )
+
+
+def main_job(preset: str, out: Path | None, overrides: list[str], quiet: bool, light: bool) -> None:
+    """Train → analyze everything that applies → report → terminal summary (`grokinterp run`)."""
+    import time
+
+    import grokinterp.analysis as analysis
+    from grokinterp.report.html import build_report
+    from grokinterp.store import is_run_dir
+    from grokinterp.training import train as train_run
+
+    t0 = time.perf_counter()
+    cfg = apply_overrides(load_preset(preset), overrides)
+    out = out or Path("checkpoints") / preset
+    resumed = is_run_dir(out)
+    run = train_run(cfg, out, resume=resumed, progress=not quiet)
+    t_train = time.perf_counter() - t0
+    rows = []
+    for name, reason in analysis.applicable(run).items():
+        if reason:
+            rows.append((name, "[dim]does not apply[/]", None, reason))
+            continue
+        params, most = MAIN_JOB_ANALYSES.get(name, ({}, None))
+        steps = _spread(run.steps, most)
+        have = _cached_steps(run, name)
+        if have is not None and have and have[-1] == run.steps[-1]:
+            rows.append((name, "[green]cached[/]", 0.0, f"{len(have)} checkpoints"))
+            continue
+        t = time.perf_counter()
+        try:
+            analysis.over_training(run, {name: params}, steps=steps, progress=not quiet)
+        except Exception as e:  # one failing analysis must not stop the main job
+            rows.append((name, "[red]failed[/]", time.perf_counter() - t, f"{e}"[:120]))
+            continue
+        note = (
+            f"{len(steps)} of {len(run.steps)} checkpoints"
+            if len(steps) < len(run.steps)
+            else (f"{len(steps)} checkpoints")
+        )
+        rows.append((name, "[green]computed[/]", time.perf_counter() - t, note))
+    t = time.perf_counter()
+    result = build_report(run, light=light)
+    t_report = time.perf_counter() - t
+
+    console.print(runs_table([run.path], title=f"{preset}: {'resumed' if resumed else 'trained'}"))
+    table = Table(title="analyses")
+    for col in ("analysis", "status", "time", "note"):
+        table.add_column(col, justify="right" if col == "time" else "left")
+    for name, status, secs, note in rows:
+        table.add_row(name, status, _fmt_seconds(secs), note)
+    console.print(table)
+    console.print(report_table(result))
+    _print_report_paths(result)
+    console.print(
+        f"wall time: {_fmt_seconds(time.perf_counter() - t0)} (train {_fmt_seconds(t_train)}, "
+        f"report {_fmt_seconds(t_report)})",
+        highlight=False,
+    )
+
+
+@app.command("report")
+@friendly
+def report_cmd(
+    runs: list[Path] = typer.Argument(
+        ...,
+        help="Run directories (two or more: a comparison on shared axes), or a sweep directory.",
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="HTML file (default RUN/report.html; for several runs compare-<names>.html beside the "
+        "first). summary.json (or <stem>.summary.json) is written beside it.",
+    ),
+    light: bool = typer.Option(
+        False,
+        "--light",
+        help="Link plotly.js from its CDN instead of embedding it (~5 MB smaller).",
+    ),
+    pdf: bool = typer.Option(
+        False, "--pdf", help="Also print the report to FILE.pdf with the system Chromium."
+    ),
+    png_dir: Path = typer.Option(
+        None,
+        "--png-dir",
+        help="Also write every figure as PNG into DIR (needs kaleido, the 'export' extra).",
+    ),
+    threshold: float = typer.Option(
+        0.99, "--threshold", help="Accuracy that defines memorisation/generalisation steps."
+    ),
+    no_recompute: bool = typer.Option(
+        False, "--no-recompute", help="Report a corrupt analysis cache instead of recomputing it."
+    ),
+) -> None:
+    """Write a self-contained HTML report (plotly.js embedded, works offline) and summary.json."""
+    if len(runs) == 1 and (runs[0] / "sweep.json").is_file():
+        try:
+            from grokinterp.report.sweep import render_sweep_report
+        except ImportError as e:
+            raise GrokinterpError(
+                f"sweep reports are not available in this version ({e})"
+            ) from None
+        html_out = out or runs[0] / "report.html"
+        render_sweep_report(runs[0], html_out)
+        console.print(f"sweep report: [bold]{html_out}[/]", highlight=False)
+        return
+    from grokinterp.report.html import build_report, export_pdf, export_pngs
+
+    result = build_report(runs, out, light=light, threshold=threshold, recompute=not no_recompute)
+    console.print(report_table(result))
+    for sec in result.sections:
+        if sec.status not in ("ok",):
+            for note in sec.notes:
+                console.print(f"[dim]{sec.title}: {note}[/]", highlight=False)
+    _print_report_paths(result)
+    if pdf:
+        path = export_pdf(result.html_path, result.html_path.with_suffix(".pdf"))
+        console.print(f"pdf: {path} ({path.stat().st_size / 1e6:.1f} MB)", highlight=False)
+    if png_dir is not None:
+        paths = export_pngs(result.sections, png_dir)
+        console.print(f"png: {len(paths)} figures in {png_dir}", highlight=False)
+
+
+@app.command("sweep")
+@friendly
+def sweep_cmd(
+    preset: str = typer.Option(None, "--preset", "-p", help="Base preset of every run."),
+    config: Path = typer.Option(None, "--config", "-c", help="Base .toml/.json RunConfig."),
+    grid: list[str] = typer.Option(
+        None, "--grid", "-g", help="A grid axis: --grid train.weight_decay=0.1,0.3,1 (repeatable)."
+    ),
+    seeds: str = typer.Option(
+        None, "--seeds", help="One run per seed in every cell: 0-4 or 0,1,7 (sets train.seed)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Sweep folder (runs, sweep.json, logs)."),
+    overrides: list[str] = typer.Option(
+        None, "--set", "-s", help="Override a base value: --set train.steps=1500."
+    ),
+    address: str = typer.Option(
+        None, "--address", help="Join a Ray cluster (auto, HOST:6379, ray://HOST:10001)."
+    ),
+    gpus_per_run: float = typer.Option(0.0, "--gpus-per-run", help="Ray num_gpus per run."),
+    cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="Ray num_cpus per run."),
+    max_concurrent: int = typer.Option(None, "--max-concurrent", help="At most N runs at once."),
+    threshold: float = typer.Option(None, "--threshold", help="Phase accuracy threshold (0.9)."),
+    ratio: float = typer.Option(None, "--ratio", help="Grokking if t_test ≥ R·t_train (R=3)."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write OUT/report.html."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Train a grid of runs as Ray tasks (resumable) and label each cell's phase of grokking."""
+    from grokinterp.experiments.sweep import INSTALL_HINT, run_sweep
+    from grokinterp.report.figures.sweep import sweep_table_rows
+
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        err_console.print(f"error: {INSTALL_HINT}", markup=False, style="bold red")
+        raise typer.Exit(2) from None
+
+    base = resolve_config(preset, config, overrides) if (preset or config) else None
+    if base is None and overrides:
+        raise GrokinterpError("--set needs --preset or --config")
+    if (
+        base is not None
+        and gpus_per_run > 0
+        and not any(o.startswith("train.device") for o in overrides or [])
+    ):
+        base.train.device = "cuda"  # Ray gives each task its GPU through CUDA_VISIBLE_DEVICES
+    result = run_sweep(
+        base,
+        grid,
+        out,
+        seeds,
+        preset=preset,
+        address=address,
+        cpus_per_run=cpus_per_run,
+        gpus_per_run=gpus_per_run,
+        max_concurrent=max_concurrent,
+        threshold=threshold,
+        ratio=ratio,
+        progress=not quiet,
+        report=report,
+    )
+    axes = [a["key"] for a in result.manifest["spec"]["grid"]]
+    header, rows = sweep_table_rows(result.cells, axes)
+    table = Table(title=f"sweep {result.path}")
+    for col in header:
+        table.add_column(col.split(".")[-1], justify="left" if col == "error" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(
+        f"ran {len(result.executed)} run(s) ({len(result.resumed)} resumed), skipped "
+        f"{len(result.skipped)} finished, {len(result.failed)} failed; manifest "
+        f"{result.path / 'sweep.json'}" + (f"; report {result.report}" if result.report else "")
+    )
 
 
 def _fourier_table(run, results):

@@ -101,6 +101,11 @@ class TrainConfig:
     mask: str | None = None  # safetensors of bool masks (True = kept), held fixed
     merge_embedding_at: int | None = None  # GrokTransfer: fold A·B into a full W_E at this step
     device: str = "cpu"  # cpu | cuda | auto
+    # Training engine (grokinterp.training.fast): "fast" = functional forward on token tables,
+    # fused AdamW, CUDA graph, async checkpoints (same function, float rounding aside); "auto"
+    # = fast on CUDA, eager on CPU. tf32: TF32 matmuls on CUDA (faster, ~1e-3 rel. error).
+    engine: str = "auto"  # auto | eager | fast
+    tf32: bool = False
 
 
 @dataclass
@@ -172,6 +177,7 @@ def validate(cfg: RunConfig) -> None:
     _one_of(t.dtype, ("float32", "float64"), "train.dtype")
     _one_of(t.checkpoint_dtype, ("float32", "float16"), "train.checkpoint_dtype")
     _one_of(t.device, ("cpu", "cuda", "auto"), "train.device")
+    _one_of(t.engine, ("auto", "eager", "fast"), "train.engine")
     _check(t.steps >= 1, "train.steps must be ≥ 1")
     _check(t.lr > 0, "train.lr must be > 0")
     _check(t.weight_decay >= 0, "train.weight_decay must be ≥ 0")

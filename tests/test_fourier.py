@@ -120,6 +120,21 @@ def test_key_frequencies_one_dominant_frequency_still_finds_all():
     assert F.select_key_frequencies(spectrum) == [2, 6, 10, 18]
 
 
+def test_key_frequencies_heavy_tail_and_zero_tail():
+    # 3 strong frequencies over a tail spread across five decades (like a grokked model's logits):
+    # a log-scale 2-means split would take half the tail too; the largest drop takes the 3
+    spectrum = torch.logspace(3.3, -2, 50, dtype=torch.float64)
+    spectrum[[7, 20, 0]] = torch.tensor([2.9e4, 2.7e4, 2.3e4], dtype=torch.float64)
+    assert F.select_key_frequencies(spectrum) == [1, 8, 21]
+    # exact zeros at the bottom (infinite ratios) must not pull the cut down
+    spectrum = torch.full((30,), 0.01, dtype=torch.float64)
+    spectrum[[2, 4]] = 1.0
+    spectrum[20:] = 0.0
+    assert F.select_key_frequencies(spectrum) == [3, 5]
+    assert F.select_key_frequencies(torch.tensor([0.0, 2.0, 0.0])) == [2]
+    assert F.select_key_frequencies(torch.zeros(4)) == [1, 2, 3, 4]
+
+
 def test_select_key_frequencies_validation():
     with pytest.raises(GrokinterpError, match="spectrum"):
         F.select_key_frequencies(torch.tensor([1.0, -1.0]))

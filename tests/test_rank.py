@@ -56,8 +56,8 @@ def test_layer_features_are_preactivations():
     x = torch.randn(12, 4)
     feats = layer_features(net, x)
     assert list(feats) == ["pre:1", "pre:3"]
-    torch.testing.assert_close(feats["pre:1"], net[0](x))
-    torch.testing.assert_close(feats["pre:3"], net[2](torch.relu(net[0](x))))
+    assert torch.allclose(feats["pre:1"], net[0](x))
+    assert torch.allclose(feats["pre:3"], net[2](torch.relu(net[0](x))))
     ranks = layer_ranks(net, x, center=False)
     assert ranks["pre:1"][0] == 5  # affine map of 4-D input: rank ≤ 4 + 1 (bias)
     assert ranks["pre:3"][0] == 3

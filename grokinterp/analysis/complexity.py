@@ -60,6 +60,9 @@ def _activation_types() -> tuple[type[nn.Module], ...]:
 
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = _activation_types()
 
+# Vertex rows per forward pass when chunk_size is None (measured fastest on CPU: 1-4k rows).
+AUTO_ROWS = 2048
+
 
 def activation_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every activation module of ``model``, in registration order.
@@ -165,7 +168,10 @@ def local_complexity_per_layer(
     ``v_1..v_P`` (:func:`orthonormal_frame`, the same frame for every sample), count the neurons
     of the layer whose pre-activation ``z`` has a non-constant sign over the vertices, i.e. some
     vertex has ``z > 0`` and some has ``z ≤ 0``. All ``n·2P`` vertices go through the model in
-    one batched forward pass (or in chunks of ``chunk_size`` samples to bound memory), in
+    batched forward passes — never one pass per vertex — of ``chunk_size`` samples each (all
+    their vertices together; default: as many samples as make about ``AUTO_ROWS`` = 2048 vertex
+    rows, which keeps activations in cache and is ~2x faster on CPU than one giant pass; pass
+    ``chunk_size=len(x)`` for a single forward pass), in
     evaluation mode and without gradients; counts are reduced inside the hooks so the activations
     are never stored.
 
@@ -189,7 +195,6 @@ def local_complexity_per_layer(
     tokens = not x.is_floating_point()
     dtype = _float_dtype(model)
     n = x.shape[0]
-    chunk = n if chunk_size is None else chunk_size
 
     if tokens:
         hook_point = _find_hook_point(model, embed_hook)
@@ -248,6 +253,7 @@ def local_complexity_per_layer(
                 if "dim" not in probe:
                     raise GrokinterpError(f"hook point {embed_hook!r} was not called by forward")
                 n_vert = 2 * orthonormal_frame(probe["dim"], n_directions, seed).shape[0]
+                chunk = chunk_size or max(1, AUTO_ROWS // n_vert)
                 handle = hook_point.register_forward_hook(
                     lambda mod, args, out: perturb_embedding(out)
                 )
@@ -260,6 +266,7 @@ def local_complexity_per_layer(
                     handle.remove()
             else:
                 flat_x = x.reshape(n, -1).to(dtype)
+                chunk = chunk_size or max(1, AUTO_ROWS // n_vert)
                 with preactivation_hooks(model, count) as calls:
                     for start in range(0, n, chunk):
                         calls.clear()  # each chunk's forward numbers its layers afresh

@@ -149,7 +149,8 @@ class FourierContext:
             _, neurons = self.evaluate(model)
             best, _ = F.neuron_clusters(F.neuron_frequency_fractions(neurons))
             sizes = torch.bincount(best, minlength=self.K + 1)[1:]
-            return F.select_key_frequencies(sizes.double())
+            # +1: an empty cluster next to a small one must not look like an infinite drop
+            return F.select_key_frequencies(sizes.double() + 1)
         raise GrokinterpError(
             f"key_freq_source must be logits, embedding or neurons, got {source!r}"
         )
@@ -185,7 +186,7 @@ def make_fourier(
         run: a :class:`grokinterp.store.Run` of a modular task with a token model.
         key_freqs: the key frequencies (1-based); default: computed once from the
             ``reference_step`` checkpoint and held fixed over training, as in the paper.
-        key_freq_source: ``"logits"`` (default; Otsu split of the logits' ``cos/sin w_k(a+b)``
+        key_freq_source: ``"logits"`` (default; largest drop in the logits' ``cos/sin w_k(a+b)``
             energy, the quantity the restricted loss keeps), ``"embedding"`` (of ``W_E``'s norms) or
             ``"neurons"`` (of the number of neurons whose best frequency is ``k``).
             :func:`grokinterp.analysis.fourier.select_key_frequencies` documents the rule.

@@ -36,6 +36,10 @@ from grokinterp.config import GrokinterpError
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 __all__ = [
+    "random",
+    "snip",
+    "grasp",
+    "synflow",
     "random_scores",
     "snip_scores",
     "grasp_scores",
@@ -107,9 +111,11 @@ def grasp_scores(
     Before Training by Preserving Gradient Flow").
 
     With g = ∇L and H the Hessian of the loss on (x, y), the paper scores each weight by
-    S(−θ) = −θ ⊙ Hg (its eq. 8: the first-order change of the gradient norm gᵀg/… when the weight
-    is removed, up to a factor 2) and **removes the weights with the largest S** (Algorithm 1
-    keeps S(−θ) below the p-th percentile; the authors' code keeps ``score <= threshold``).
+    S(−θ) = −θ ⊙ Hg: the gradient flow is ΔL(θ) = gᵀg, removing weight q is the perturbation
+    δ = −θ_q·e_q, and ΔL(θ + δ) − ΔL(θ) = 2δᵀHg + O(‖δ‖²) (the factor 2 dropped). A large S
+    means removing the weight reduces gradient flow least, so the paper **removes the weights
+    with the largest S** (Algorithm 1 keeps S(−θ) below a percentile; the authors' code keeps
+    ``score <= threshold``).
     To fit the "larger = kept" convention of this module the default return value is the
     negation, θ ⊙ Hg; ``paper_sign=True`` returns the paper's S(−θ) = −θ ⊙ Hg instead (then
     *smaller* = kept; do not pass those to ``mask_from_scores``).
@@ -263,3 +269,10 @@ def pruning_mask(
         else:
             scores = grasp_scores(model, x, y, loss_fn, temperature)
     return mask_from_scores(scores, sparsity, scope, include)
+
+
+# Short names of DESIGN §5 ("analysis.pruning: random, snip, grasp, synflow scores").
+random = random_scores
+snip = snip_scores
+grasp = grasp_scores
+synflow = synflow_scores

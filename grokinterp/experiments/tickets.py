@@ -30,9 +30,15 @@ synflow    θ₀⊙m_f, iterative SynFlow, ``rounds`` rounds (Tanaka et al. 2020
 Timing follows the paper: t_mem / t_gen = first evaluated step with train / test accuracy
 ≥ 95 %, τ = t_gen / t_mem.
 
-CPU-sized Minegishi setting (``CPU_OVERRIDES``): the ``minegishi2024-mlp`` preset with
-d_embed 128 (instead of 500) and a 2 500-step budget; see the module constant for the measured
-behaviour.
+CPU-sized Minegishi setting (``CPU_OVERRIDES``): the ``minegishi2024-mlp`` preset (p = 67, 40 %
+train, d_mlp 48, sum, out-projection, no biases, AdamW lr 1e-3, betas (0.9, 0.98), wd 1, full
+batch) with d_embed = d_model = 128 instead of 500 and a 2 500-step budget. Measured on a shared
+2-core CPU with one torch thread: ~15 ms per step, 45 s for the parent run; the dense run reaches
+95 % train accuracy at step 300 and 95 % test accuracy at step 1 740 (the full-width preset:
+~32 ms per step, t_gen ≈ 2 050). ``grokinterp tickets RUN --compare`` on it (8 runs) took 5 min;
+the ticket from the final checkpoint at sparsity 0.6 reached 95 % test accuracy at step 320, the
+L2- / L1-matched dense controls at 1 530 / 1 040, and random / SNIP / GraSP / SynFlow masks did not
+within the budget.
 """
 
 from __future__ import annotations
@@ -349,7 +355,8 @@ def compare_tickets(
     )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
-        out / "compare.json", json.dumps({"parent": str(run.path), "rows": rows}, indent=2)
+        out / "compare.json",
+        json.dumps({"parent": str(run.path.resolve()), "rows": rows}, indent=2),
     )
     fig.write_html(out / "compare.html", include_plotlyjs=True)
     return TicketComparison(rows, curves, fig, runs, out)

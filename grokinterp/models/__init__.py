@@ -11,6 +11,7 @@ from torch import nn
 
 from grokinterp.config import GrokinterpError, ModelConfig
 from grokinterp.models.components import ACTIVATION_TYPES, Embed, effective_embedding
+from grokinterp.models.interop import from_transformer_bridge, to_transformer_bridge
 from grokinterp.models.mlp import MLP, EmbedMLP
 from grokinterp.models.transformer import Transformer
 from grokinterp.tasks import Task
@@ -54,4 +55,6 @@ __all__ = [
     "Transformer",
     "build_model",
     "effective_embedding",
+    "from_transformer_bridge",
+    "to_transformer_bridge",
 ]

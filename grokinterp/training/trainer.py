@@ -50,6 +50,8 @@ RESUMABLE_CHANGES = {
     ("train", "early_stop_acc"),
     ("train", "early_stop_patience"),
     ("train", "device"),
+    ("train", "engine"),
+    ("train", "tf32"),
 }
 
 
@@ -232,6 +234,9 @@ class _Trainer:
         self.data_gen.set_state(state["data_rng"])
         self.step, self.above_count, self.wall = state["step"], state["above_count"], state["wall"]
 
+    def finish(self) -> None:
+        """Wait for pending writes (the fast engine writes checkpoints in the background)."""
+
     # ------------------------------------------------------------------ loop pieces
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         bs = self.cfg.train.batch_size
@@ -317,7 +322,9 @@ def train(
         )
         if done and existing.config.train.steps == config.train.steps:
             return existing  # nothing left to do
-    t = _Trainer(config, out, progress)
+    from grokinterp.training.fast import make_trainer  # fast.py subclasses _Trainer
+
+    t = make_trainer(config, out, progress)  # train.engine: eager _Trainer or FastTrainer
     tc = config.train
     if existing is not None:
         t.load(torch.load(out / "state" / "latest.pt", weights_only=False, map_location=t.device))
@@ -379,6 +386,7 @@ def train(
             if stopped_early:
                 break
     bar.close()
+    t.finish()
     run.update_info(
         status="complete",
         final_step=t.step,
