@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from grokinterp.config import (
@@ -54,7 +55,7 @@ def friendly(fn):
         except GrokinterpError as e:
             if _state["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -472,7 +473,11 @@ def sweep_cmd(
     report: bool = typer.Option(True, "--report/--no-report", help="Write OUT/report.html."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
-    """Train a grid of runs as Ray tasks (resumable) and label each cell's phase of grokking."""
+    """Train a grid of runs as Ray tasks and label each cell's phase of grokking.
+
+    Rerun the same command (or `sweep --out DIR` alone) to continue a killed sweep: finished
+    runs are skipped, half-trained ones resume. --address joins a Ray cluster.
+    """
     from grokinterp.experiments.sweep import INSTALL_HINT, run_sweep
     from grokinterp.report.figures.sweep import sweep_table_rows
 
@@ -508,11 +513,18 @@ def sweep_cmd(
     )
     axes = [a["key"] for a in result.manifest["spec"]["grid"]]
     header, rows = sweep_table_rows(result.cells, axes)
+    # Per-phase fractions only for multi-seed sweeps, the error column only if a run failed.
+    multi = any(len(c["runs"]) > 1 for c in result.cells)
+    drop = (
+        {"runs", "comprehension", "grokking", "memorization", "confusion"} if not multi else set()
+    ) | ({"error"} if not any(r[-1] for r in rows) else set())
+    keep = [i for i, col in enumerate(header) if col not in drop]
     table = Table(title=f"sweep {result.path}")
-    for col in header:
+    for i in keep:
+        col = header[i]
         table.add_column(col.split(".")[-1], justify="left" if col == "error" else "right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*[row[i] for i in keep])
     console.print(table)
     console.print(
         f"ran {len(result.executed)} run(s) ({len(result.resumed)} resumed), skipped "

@@ -154,3 +154,25 @@ def test_demo_report_screenshots(tmp_path):
     state = render_in_chromium(result.html_path, "demo_report", section)
     _assert_rendered(state, result.n_figures)
     shutil.copy(result.html_path, ARTIFACTS / "demo_report.html")
+
+
+@pytest.mark.slow  # printing and kaleido start extra browsers: run by `make test-slow`
+def test_static_export_uses_the_system_chromium(tmp_path, tiny_config):
+    """--pdf prints the whole report with the system Chromium; --png-dir writes every figure
+    with kaleido driving that same Chromium (checked only where kaleido is installed)."""
+    _chromium()
+    from grokinterp.report.html import export_pdf, export_pngs
+    from grokinterp.training import train
+
+    run = train(tiny_config, tmp_path / "tiny", progress=False)
+    result = build_report(run)
+    pdf = export_pdf(result.html_path, tmp_path / "report.pdf")
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF") and len(data) > 20_000
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return  # the optional `export` extra is absent: test_report checks its message
+    pngs = export_pngs(result.sections, tmp_path / "png")
+    assert len(pngs) == result.n_figures
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)

@@ -147,8 +147,9 @@ def test_training_figures_overlay_runs_on_a_log_axis():
     xs = {tr.name: list(tr.x) for tr in fig.data}
     assert xs["a · train"] == [10, 100] and xs["b · test"] == [3, 30, 300]  # step 0 left out
     assert len(fig.layout.shapes) == 1 + 3  # threshold line + three marks
-    # shapes on a log axis take log10 coordinates (x=300 would stretch the axis to 1e300)
-    assert sorted(sh.x0 for sh in fig.layout.shapes if sh.x0 == sh.x1 and sh.xref == "x") == [
+    # On a log axis shapes take data coordinates but annotations log10 ones.
+    assert sorted(sh.x0 for sh in fig.layout.shapes if sh.xref == "x") == [3, 10, 300]
+    assert sorted(a.x for a in fig.layout.annotations if a.text.startswith(("mem", "gen"))) == [
         pytest.approx(np.log10(3)),
         pytest.approx(1.0),
         pytest.approx(np.log10(300)),
@@ -255,6 +256,10 @@ def test_missing_figure_module_and_broken_section_do_not_crash(fresh_run, monkey
 def test_comparison_report_overlays_runs_with_different_step_grids(tiny_runs, tmp_path):
     a, b = tiny_runs
     assert a.steps != b.steps
+    import shutil
+
+    a = Run.open(shutil.copytree(a.path, tmp_path / "alpha"))  # private copy: gets a cache
+    analysis.over_training(a, ["fourier"], progress=False)
     out = tmp_path / "cmp.html"
     result = build_report([a, b], out)
     assert result.summary_path == tmp_path / "cmp.summary.json"
@@ -267,8 +272,13 @@ def test_comparison_report_overlays_runs_with_different_step_grids(tiny_runs, tm
     assert xs["beta · test"] == [m["step"] for m in b.metrics if m["step"] > 0]
     assert "alpha" in training.reading and "beta" in training.reading
     page = out.read_text()
-    assert page.count('class="plotly-graph-div"') == result.n_figures == 3
+    assert page.count('class="plotly-graph-div"') == result.n_figures
     assert "Comparison of 2 runs" in page
+    # Fourier computed for alpha only: the section is partial and says how to compute beta's.
+    fourier = {s.key: s for s in result.sections}["fourier"]
+    assert fourier.status == "partial" and f"grokinterp analyze {b.path} --only fourier" in page
+    names = {tr.name for tr in fourier.figures[0].data}
+    assert names == {"alpha · W_E", "alpha · W_L"}
 
 
 def test_report_is_offline_unless_light(fresh_run, tmp_path):
@@ -374,3 +384,45 @@ def test_cli_run_main_job_trains_analyzes_and_reports(tmp_path):
     res = CliRunner().invoke(app, args)  # second time: resumes (nothing to do), caches reused
     assert res.exit_code == 0, res.output
     assert "resumed" in res.output and "cached" in res.output
+
+
+def test_dynamics_and_ticket_readings_follow_planted_curves():
+    import torch
+
+    steps = torch.tensor([0, 100, 200, 300, 400, 500])
+    metrics = [
+        {"step": int(s), "test_acc": a} for s, a in zip(steps, [0, 0, 0.1, 0.9, 1, 1], strict=True)
+    ]
+    rd = S.RunData(run=None, label="x", summary={"step_generalization": 400})  # type: ignore[arg-type]
+    rd._metrics = metrics
+
+    def data(name, **series):
+        res = {"steps": steps, **{f"{name}/{k}": torch.tensor(v) for k, v in series.items()}}
+        return S.AnalysisData(name, "ok", res, params={"sparsity": 0.8})
+
+    rank = data(
+        "rank",
+        **{
+            "effective/a": [10.0, 10, 10, 10, 10, 9.9],  # flat
+            "effective/b": [40.0, 40, 40, 10, 8, 8],  # drops half-way (to ≤ 24) at step 300
+            "numerical/b": [64.0, 64, 60, 30, 20, 20],
+        },
+    )
+    text = S.rank_reading(rank, rd)
+    assert "effective rank of b goes from 40.0 to 8.0" in text and "step 300" in text
+    assert "from 64 to 20" in text
+
+    lc = data("complexity", **{"train/mean": [5.0, 2, 1, 6, 8, 2], "test/mean": [1.0] * 6})
+    text = S.complexity_reading(lc, rd)
+    assert "falls to" in text and "rises to" in text and "falls again" in text
+    assert "train 2.00, test 1.00" in text
+
+    tk = data(
+        "tickets",
+        jaccard_ref=[0.2, 0.3, 0.5, 0.95, 1, 1],
+        jaccard_init=[1.0, 0.6, 0.4, 0.3, 0.25, 0.2],
+        jaccard_random=[0.11] * 6,
+    )
+    text = S.tickets_reading(tk, rd)
+    assert "keeping 20% of the weights" in text and "reaches 0.9 at step 300" in text
+    assert "falls to 0.20 (chance level 0.11)" in text

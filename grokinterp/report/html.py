@@ -592,7 +592,7 @@ def export_pdf(html_path: str | Path, pdf_path: str | Path, timeout: float = 240
             "--no-first-run",
             f"--user-data-dir={profile}",
             "--no-pdf-header-footer",
-            "--virtual-time-budget=20000",  # let plotly finish drawing before printing
+            "--virtual-time-budget=5000",  # let plotly finish drawing before printing
             f"--print-to-pdf={tmp_pdf}",
             html_path.as_uri(),
         ]

@@ -248,3 +248,9 @@ __all__ = [
     "read_metrics",
     "save_tensors",
 ]
+
+
+# Imported last: importers build on Run (import existing grokked models as ordinary runs).
+from grokinterp.store.importers import import_run  # noqa: E402
+
+__all__ += ["import_run"]

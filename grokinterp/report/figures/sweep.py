@@ -225,7 +225,13 @@ def delay_heatmap_figure(
     hi = float(finite.max()) if finite.size else 1.0
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
-    ticks = [t for t in range(math.floor(lo), math.ceil(hi) + 1)]
+    # ticks at 1, 2, 5 × powers of ten inside the range of the data
+    ticks = [
+        math.log10(m * 10**e)
+        for e in range(math.floor(lo) - 1, math.ceil(hi) + 1)
+        for m in (1, 2, 5)
+        if lo - 1e-9 <= math.log10(m * 10**e) <= hi + 1e-9
+    ] or [lo]
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -244,7 +250,7 @@ def delay_heatmap_figure(
             colorbar=dict(
                 title="t_test / t_train",
                 tickvals=ticks,
-                ticktext=[f"{10**t:g}" for t in ticks],
+                ticktext=[f"{10**t:.3g}" for t in ticks],
             ),
         )
     )

@@ -138,12 +138,17 @@ def accuracy_figure(
         suffix = "" if len(metrics_by_run) == 1 else f" ({label})"
         for t, what, color in ((t_mem, "memorised", "#1f77b4"), (t_gen, "generalised", "#d62728")):
             if t:  # step 0 cannot be drawn on a log axis
-                fig.add_vline(
-                    x=math.log10(t),  # shapes on a log axis take log10 coordinates
-                    line={"color": color, "dash": "dot", "width": 1},
-                    annotation_text=f"{what}{suffix}",
-                    annotation_position="top left" if what == "memorised" else "top right",
-                    annotation_font_size=10,
+                # Shapes take data coordinates, annotations log10 ones on a log axis.
+                fig.add_vline(x=t, line={"color": color, "dash": "dot", "width": 1})
+                fig.add_annotation(
+                    x=math.log10(t),
+                    y=1.0,
+                    yref="paper",
+                    text=f"{what}{suffix}",
+                    showarrow=False,
+                    xanchor="right" if what == "memorised" else "left",
+                    yanchor="bottom",
+                    font={"size": 10, "color": color},
                 )
     fig = _layout(fig, title, "accuracy")
     fig.update_yaxes(range=[-0.02, 1.05])

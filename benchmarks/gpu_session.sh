@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU benchmarks of benchmarks/RESULTS.md, as run through the `device` tool (an H100 whose
+# image has PyTorch but not transformer-lens: its wheels travel in .whl/, see
+# /work/.library/device/README.md). Usage: bash benchmarks/gpu_session.sh STAGE...
+# Stages: env test step seeds ckpt grok e2e. JSON results and logs go to $OUT (or /tmp/out).
+set -u
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ] && ! python3 -c 'import transformer_lens' 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl >/dev/null 2>&1 || echo "wheel install failed"
+fi
+export PYTHONPATH=/tmp/site:$PWD
+B="python3 benchmarks/bench_train.py"
+for stage in "$@"; do
+  echo "=== $stage $(date +%T)"
+  case $stage in
+    env) nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+         python3 -c 'import torch, transformer_lens, einops, safetensors; print(torch.__version__, torch.version.cuda, transformer_lens.__version__ if hasattr(transformer_lens, "__version__") else "tl ok")'
+         nproc; df -h /tmp | tail -1 ;;
+    test) timeout 120 python3 -m pytest -q tests/test_fast.py -k "cuda or 50_steps" -p no:cacheprovider 2>&1 | tail -15 ;;
+    step) timeout 300 $B step --presets demo nanda2023 --compile --json "$OUT/step_cuda.json" ;;
+    seeds) timeout 240 $B seeds --seeds 1 8 64 --json "$OUT/seeds_cuda.json" ;;
+    ckpt) timeout 200 $B ckpt --rounds 2 --ckpt-steps 3000 --json "$OUT/ckpt_cuda.json" ;;
+    grok) timeout 300 $B grok --json "$OUT/grok_cuda.json" ;;
+    e2e) timeout 300 $B seeds --seeds 1 64 --tf32-modes 0 --rounds 1 --steps 5 --end-to-end --e2e-steps 1000 --json "$OUT/seeds_e2e_cuda.json" ;;
+  esac
+done
