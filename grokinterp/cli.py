@@ -256,6 +256,22 @@ ANALYSIS_SUMMARIES: dict = {}
 # --- helper commands go below this line ---
 
 
+def _dynamics_summary(name: str):
+    """Summaries of the training-dynamics analyses (issue 5), imported lazily."""
+
+    def show(run, results):
+        from grokinterp.analysis.dynamics import summarize
+
+        return summarize(name, run, results)
+
+    return show
+
+
+ANALYSIS_SUMMARIES.update(
+    {n: _dynamics_summary(n) for n in ("rank", "complexity", "norms", "robustness")}
+)
+
+
 # ----------------------------------------------------------------------------- report + main job
 
 # Main-job settings of costly analyses, so that `grokinterp run` stays within ~3 minutes on 2 CPU

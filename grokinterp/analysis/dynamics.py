@@ -58,6 +58,7 @@ __all__ = [
     "rank_applies",
     "robustness_applies",
     "sample_split",
+    "summarize",
     "transition_step",
 ]
 
@@ -507,3 +508,51 @@ def complexity_phases(
         "ascent": v[peak] - v[first_min] > min_change * scale,
         "second_descent": v[peak] - v[second_min] > min_change * scale,
     }
+
+
+def summarize(name: str, run: Any, results: Mapping[str, Tensor]) -> str:
+    """A few text lines on where ``name``'s measure turns, for ``grokinterp analyze``.
+
+    ``results`` holds that analysis's keys without the ``"<name>/"`` prefix, over all of the
+    run's checkpoints (``run.steps``).
+    """
+    steps = torch.tensor(run.steps)
+    t_half = transition_step(run.metrics, "test_acc", 0.5)
+    head = f"[bold]{name}[/] (test accuracy half-way through its jump at step {t_half})"
+    lines = [head]
+    if name == "rank":
+        for key in sorted(k for k in results if k.startswith("effective/")):
+            v = results[key].float()
+            lines.append(
+                f"  {key.split('/', 1)[1]}: effective rank {float(v[0]):.1f} → max {float(v.max()):.1f}"
+                f" → {float(v[-1]):.1f}; half-way drop at step {drop_step(steps, v)}"
+            )
+    elif name == "complexity":
+        for s in SETS:
+            if f"{s}/mean" not in results:
+                continue
+            ph = complexity_phases(steps, results[f"{s}/mean"])
+            lines.append(
+                f"  LC {s}: {ph['start_value']:.1f} → {ph['first_min_value']:.1f} @ {ph['first_min_step']}"
+                f" → peak {ph['peak_value']:.1f} @ {ph['peak_step']} → {ph['second_min_value']:.1f}"
+                f" @ {ph['second_min_step']} (descent {ph['descent']}, ascent {ph['ascent']},"
+                f" second descent {ph['second_descent']})"
+            )
+    elif name == "norms":
+        for key in sorted(k for k in results if k.startswith("final_k/")):
+            i = key.split("/", 1)[1]
+            sp, dn = results[f"final_sparse_l2/{i}"], results[f"final_dense_l2/{i}"]
+            lines.append(
+                f"  layer {i}: smallest reproducing top-k {int(results[f'k/{i}'][-1])} at the end;"
+                f" that set's L2 norm {float(sp[0]):.2f} vs rest {float(dn[0]):.2f} at step 0"
+                f" → {float(sp[-1]):.2f} vs {float(dn[-1]):.2f} at the end"
+            )
+    elif name == "robustness":
+        acc, eps = results["accuracy"], results["eps"][0]
+        for j, e in enumerate(eps.tolist()):
+            rows = [{"step": int(s), "a": float(a)} for s, a in zip(steps, acc[:, j], strict=True)]
+            lines.append(
+                f"  PGD ε={e:g}: accuracy {float(acc[0, j]):.2f} → {float(acc[-1, j]):.2f},"
+                f" half-way at step {transition_step(rows, 'a')}"
+            )
+    return "\n".join(lines)

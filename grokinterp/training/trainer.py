@@ -203,6 +203,8 @@ class _Trainer:
         self._build_optimizer(old)
         if self.grad_filter is not None:  # the filter's buffers no longer match the parameters
             self.grad_filter = make_gradient_filter(self.cfg.train.grokfast)
+        if self.norm is not None:  # hold the merged parameters' norm (same function), not θ₀'s
+            self.norm.target = float(global_norm(self.params))
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:

@@ -1,0 +1,454 @@
+"""Linking a weak model's embedding to the circuits a GrokTransfer target forms.
+
+GrokTransfer (Xu, Ni, Wang, Hu 2025, "Let Me Grok for You: Accelerating Grokking via Embedding
+Transfer from a Weaker Model", ICLR 2025) trains a small model, takes its token embedding
+``E_W [d_vocab, r]`` and initialises the target's factorized embedding ``E_T = A·B`` with
+``A = E_W``. This module asks how much of the target's final algorithm is inherited from E_W:
+
+- **Fourier spectra** (Nanda, Chan, Lieberum, Smith, Steinhardt 2023, "Progress measures for
+  grokking via mechanistic interpretability"): per frequency k, the norm of the embedding
+  (``=`` row left out, rows in cyclic-group order, see :func:`grokinterp.analysis.fourier.group_indexing`)
+  projected on ``{cos_k, sin_k}`` — of E_W, of ``A·B`` at initialisation (step 0) and of the
+  target's effective embedding at every checkpoint.
+- **Key frequencies** with :func:`grokinterp.analysis.fourier.key_frequencies` (two-class Otsu split
+  of the log-energy spectrum). ``K_W`` = E_W's key frequencies ("the frequencies most present in
+  E_W"), ``K_T`` = the target's, read once it generalizes.
+- **Overlap score** ``|K_T ∩ K_W| / |K_T|``: the fraction of the target's key frequencies that E_W
+  already carried. **Permutation baseline**: the same score after relabelling the frequencies of
+  E_W uniformly at random (equivalently a uniformly random ``K_W`` of the same size), whose mean
+  is exactly ``|K_W| / K`` (hypergeometric); the p-value is the fraction of permutations scoring
+  at least the observed value (:func:`overlap_test`).
+- **Subspaces**: principal angles (Björck & Golub 1973) between the column space of E_W and the
+  top-r left-singular subspace of the target embedding, r = E_W's width; the fraction of the
+  target embedding's energy inside E_W's column space; and linear CKA (Kornblith, Norouzi, Lee,
+  Hinton 2019, "Similarity of Neural Network Representations Revisited"). All three work on the
+  embeddings as functions of the token (rows = group elements) after removing the mean over
+  tokens, which carries no Fourier information.
+
+The analysis ``"transfer"`` applies to factorized-embedding runs and to runs that
+:mod:`grokinterp.experiments.transfer` marked as GrokTransfer runs (``RunConfig.notes`` starting
+with ``groktransfer {json}``, including the scratch and random-A baselines of a comparison).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from grokinterp.analysis import fourier as F
+from grokinterp.analysis.registry import register_analysis
+from grokinterp.config import GrokinterpError
+from grokinterp.models import effective_embedding
+from grokinterp.store import Run, first_step_reaching, load_tensors
+
+NOTES_PREFIX = "groktransfer "
+
+__all__ = [
+    "NOTES_PREFIX",
+    "transfer_info",
+    "transfer_applies",
+    "weak_embedding",
+    "group_rows",
+    "embedding_spectrum",
+    "energy_fraction",
+    "overlap_score",
+    "overlap_test",
+    "orthonormal_basis",
+    "principal_angles",
+    "subspace_energy",
+    "linear_cka",
+    "make_transfer",
+    "transfer_summary",
+    "transfer_table",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Which runs, and where E_W comes from
+# ---------------------------------------------------------------------------------------------
+
+
+def transfer_info(run: Run) -> dict[str, Any] | None:
+    """The GrokTransfer record in ``run.config.notes`` (``groktransfer {json}``), or None."""
+    notes = run.config.notes or ""
+    if not notes.startswith(NOTES_PREFIX):
+        return None
+    try:
+        info = json.loads(notes[len(NOTES_PREFIX) :])
+    except json.JSONDecodeError:
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def transfer_applies(run: Run) -> str | None:
+    """None if the ``transfer`` analysis applies to ``run``, else a one-line reason."""
+    task, model = run.config.task.name, run.config.model.name
+    if not task.startswith("mod_"):
+        return f"transfer needs a modular-arithmetic task (mod_*), not {task!r}"
+    if model not in ("transformer", "embed_mlp"):
+        return f"transfer needs a token model (transformer, embed_mlp), not {model!r}"
+    if run.config.model.embedding != "factorized" and transfer_info(run) is None:
+        return "transfer needs a GrokTransfer run (factorized embedding or groktransfer notes)"
+    return None
+
+
+def _embedding_from_file(path: Path) -> Tensor:
+    tensors = load_tensors(path)
+    for key in ("E_W", "embed.W_A", "embed.W_E"):
+        if key in tensors:
+            return tensors[key]
+    if len(tensors) == 1:
+        return next(iter(tensors.values()))
+    raise GrokinterpError(f"{path} holds no E_W / embed.W_A / embed.W_E tensor")
+
+
+def weak_embedding(run: Run, source: str | None = None) -> tuple[Tensor, str]:
+    """``(E_W [d_vocab, r], description)`` for a GrokTransfer run.
+
+    Looked up in order: ``source`` (a safetensors file, or ``RUN_DIR@STEP`` of a weak run); the
+    ``weak_embedding`` file or ``weak_run``/``weak_step`` recorded in the run's notes; the
+    ``embed.W_A`` of its ``train.init_state`` (for a random-A ablation that is the random A).
+    """
+    candidates: list[str] = []
+    if source:
+        candidates.append(str(source))
+    info = transfer_info(run) or {}
+    if info.get("weak_embedding"):
+        candidates.append(str(info["weak_embedding"]))
+    if info.get("weak_run") is not None and info.get("weak_step") is not None:
+        candidates.append(f"{info['weak_run']}@{info['weak_step']}")
+    if run.config.train.init_state:
+        candidates.append(str(run.config.train.init_state))
+    for cand in candidates:
+        if "@" in cand and not Path(cand).is_file():
+            path, _, step = cand.rpartition("@")
+            if Path(path, "run.json").is_file() and step.isdigit():
+                state = Run.open(path).load_state(int(step))
+                return effective_embedding(state).float(), f"weak run {path} at step {step}"
+        elif Path(cand).is_file():
+            return _embedding_from_file(Path(cand)).float(), cand
+        if cand == source:
+            raise GrokinterpError(
+                f"weak_embedding={source!r}: not a safetensors file or RUN_DIR@STEP of a run"
+            )
+    raise GrokinterpError(
+        f"cannot find the weak embedding E_W of {run.path}: pass weak_embedding=FILE or RUN@STEP"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Spectra and overlaps (pure functions)
+# ---------------------------------------------------------------------------------------------
+
+
+def _indexing(task_name: str, p: int) -> F.GroupIndexing:
+    op = task_name.removeprefix("mod_")
+    if op in ("mul", "div") and not F.is_prime(p):
+        op = "other"
+    return F.group_indexing(op if op in ("add", "sub", "mul", "div") else "other", p)
+
+
+def group_rows(E: Tensor, task_name: str, p: int) -> Tensor:
+    """The token rows of ``E [d_vocab, d]`` (``=`` dropped) in cyclic-group order ``[n, d]``.
+
+    ``mod_mul``/``mod_div`` use discrete-log order (n = p − 1, zero left out) so that their
+    Fourier structure shows (see :func:`grokinterp.analysis.fourier.group_indexing`).
+    """
+    if E.ndim != 2 or E.shape[0] < p:
+        raise GrokinterpError(f"E must have shape [d_vocab >= p, d], got {tuple(E.shape)}")
+    return E[_indexing(task_name, p).a_tokens].double()
+
+
+def embedding_spectrum(E: Tensor, task_name: str = "mod_add", p: int | None = None) -> Tensor:
+    """Per-frequency norm of a token embedding (Nanda et al. 2023): ``frequency_norms`` of the
+    group-ordered rows; ``p`` defaults to ``d_vocab − 1`` (the ``=`` token last). Shape ``[n//2]``."""
+    p = E.shape[0] - 1 if p is None else int(p)
+    return F.frequency_norms(group_rows(E, task_name, p))
+
+
+def energy_fraction(spectrum: Tensor, freqs: Sequence[int]) -> float:
+    """Fraction of the (non-constant) Fourier energy ``Σ_k s_k²`` that lies in ``freqs`` (1-based)."""
+    s2 = torch.as_tensor(spectrum, dtype=torch.float64).pow(2)
+    total = float(s2.sum())
+    if total == 0:
+        return 0.0
+    idx = [int(k) - 1 for k in freqs]
+    if any(i < 0 or i >= len(s2) for i in idx):
+        raise GrokinterpError(f"freqs must lie in 1..{len(s2)}, got {list(freqs)}")
+    return float(s2[idx].sum()) / total
+
+
+def overlap_score(target: Sequence[int], weak: Sequence[int]) -> float:
+    """``|K_T ∩ K_W| / |K_T|``: the share of the target's key frequencies present in E_W's."""
+    t, w = set(map(int, target)), set(map(int, weak))
+    if not t:
+        raise GrokinterpError("target key frequencies must not be empty")
+    return len(t & w) / len(t)
+
+
+def overlap_test(
+    target: Sequence[int],
+    weak: Sequence[int],
+    n_freqs: int,
+    n_perm: int = 10_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Overlap score with a permutation baseline.
+
+    The frequency labels 1..K are permuted uniformly at random ``n_perm`` times and applied to
+    ``weak``; ``baseline`` is the mean permuted score, ``p_value = (1 + #{perm ≥ observed}) /
+    (1 + n_perm)``. ``expected`` = ``|K_W| / K`` is the exact mean (hypergeometric) and
+    ``p_exact`` the exact tail probability ``P(|K_T ∩ R| ≥ observed)`` for a uniformly random
+    ``R`` of size ``|K_W|``.
+    """
+    K = int(n_freqs)
+    t, w = sorted(set(map(int, target))), sorted(set(map(int, weak)))
+    if K < 1 or any(not 1 <= k <= K for k in t + w):
+        raise GrokinterpError(f"frequencies must lie in 1..n_freqs={K}")
+    if n_perm < 1:
+        raise GrokinterpError(f"n_perm={n_perm} must be >= 1")
+    score = overlap_score(t, w)
+    g = torch.Generator().manual_seed(seed)
+    perms = torch.argsort(torch.rand(n_perm, K, generator=g), dim=1) + 1  # relabel k -> perm[k]
+    in_t = torch.zeros(K + 1, dtype=torch.bool)
+    in_t[t] = True
+    hits = in_t[perms[:, [k - 1 for k in w]]].sum(1).double() if w else torch.zeros(n_perm)
+    perm_scores = hits / len(t)
+    obs_hits = round(score * len(t))
+    p_exact = sum(
+        math.comb(len(w), j) * math.comb(K - len(w), len(t) - j)
+        for j in range(obs_hits, min(len(w), len(t)) + 1)
+    ) / math.comb(K, len(t))
+    return {
+        "score": score,
+        "baseline": float(perm_scores.mean()),
+        "p_value": (1 + int((perm_scores >= score - 1e-12).sum())) / (1 + n_perm),
+        "expected": len(w) / K,
+        "p_exact": float(p_exact),
+        "n_target": len(t),
+        "n_weak": len(w),
+        "n_freqs": K,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Subspaces
+# ---------------------------------------------------------------------------------------------
+
+
+def _centered(X: Tensor, center: bool) -> Tensor:
+    X = torch.as_tensor(X).double()
+    if X.ndim != 2:
+        raise GrokinterpError(f"expected a matrix [n, d], got shape {tuple(X.shape)}")
+    return X - X.mean(0, keepdim=True) if center else X
+
+
+def orthonormal_basis(X: Tensor, r: int | None = None, center: bool = False) -> Tensor:
+    """``[n, r]`` orthonormal basis of the top-r left-singular subspace of ``X [n, d]``
+    (``r`` = rank-revealing default: singular values above ``max(n, d)·eps·σ_max``)."""
+    X = _centered(X, center)
+    U, S, _ = torch.linalg.svd(X, full_matrices=False)
+    if r is None:
+        tol = max(X.shape) * torch.finfo(X.dtype).eps * (float(S[0]) if len(S) else 0.0)
+        r = int((S > tol).sum())
+    if not 1 <= r <= U.shape[1]:
+        raise GrokinterpError(f"r={r} must be in 1..{U.shape[1]}")
+    return U[:, :r]
+
+
+def principal_angles(X: Tensor, Y: Tensor) -> Tensor:
+    """Principal angles (radians, ascending) between the column spaces of ``X [n, a]`` and
+    ``Y [n, b]``, ``min(a, b)`` of them (Björck & Golub 1973, "Numerical methods for computing
+    angles between linear subspaces"). Columns are orthonormalised first (QR); small angles come
+    from the sines and large ones from the cosines, so both ends are accurate."""
+    X, Y = _centered(X, False), _centered(Y, False)
+    if X.shape[0] != Y.shape[0]:
+        raise GrokinterpError(f"X and Y need the same rows, got {X.shape[0]} and {Y.shape[0]}")
+    Qx, _ = torch.linalg.qr(X)
+    Qy, _ = torch.linalg.qr(Y)
+    if Qx.shape[1] < Qy.shape[1]:
+        Qx, Qy = Qy, Qx  # project the smaller space onto the larger one
+    M = Qx.T @ Qy
+    cos = torch.linalg.svdvals(M).clamp(0, 1)  # descending
+    sin = torch.linalg.svdvals(Qy - Qx @ M).clamp(0, 1).flip(0)  # ascending
+    k = Qy.shape[1]
+    cos, sin = cos[:k], sin[:k]
+    small = sin < math.sqrt(0.5)
+    return torch.where(small, torch.arcsin(sin), torch.arccos(cos))
+
+
+def subspace_energy(Y: Tensor, X: Tensor) -> float:
+    """``‖P_X Y‖_F² / ‖Y‖_F²``: the fraction of ``Y``'s energy inside ``X``'s column space."""
+    X, Y = _centered(X, False), _centered(Y, False)
+    Q = orthonormal_basis(X)
+    total = float(Y.pow(2).sum())
+    return float((Q.T @ Y).pow(2).sum()) / total if total > 0 else 0.0
+
+
+def linear_cka(X: Tensor, Y: Tensor) -> float:
+    """Linear CKA (Kornblith et al. 2019) of two representations of the same ``n`` items:
+    ``‖Yᶜᵀ Xᶜ‖_F² / (‖Xᶜᵀ Xᶜ‖_F ‖Yᶜᵀ Yᶜ‖_F)`` with column-centred ``Xᶜ [n, a]``, ``Yᶜ [n, b]``.
+    Invariant to orthogonal transforms and isotropic scaling of either side; in [0, 1]."""
+    X, Y = _centered(X, True), _centered(Y, True)
+    if X.shape[0] != Y.shape[0]:
+        raise GrokinterpError(f"X and Y need the same rows, got {X.shape[0]} and {Y.shape[0]}")
+    # Gram form (n x n) is cheaper than d x d when the embeddings are wide.
+    Kx, Ky = X @ X.T, Y @ Y.T
+    den = float(Kx.norm() * Ky.norm())
+    return float((Kx * Ky).sum()) / den if den > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The registered analysis
+# ---------------------------------------------------------------------------------------------
+
+
+@register_analysis("transfer", applies=transfer_applies)
+def make_transfer(run: Run, weak_embedding_source: str | None = None) -> Any:
+    """GrokTransfer: target embedding spectrum, key frequencies, overlap and subspaces vs E_W.
+
+    Per checkpoint (``K`` = number of frequencies, ``r`` = E_W's width): ``spectrum [K]`` of the
+    target's effective embedding, ``key_mask [K]`` (its key frequencies), ``gini``;
+    ``weak_spectrum [K]`` and ``weak_key_mask [K]`` (E_W's, constant); ``overlap`` =
+    ``|K_T ∩ K_W| / |K_T|`` and ``overlap_expected`` = ``|K_W| / K`` (chance level);
+    ``energy_in_weak_keys`` (share of the target's Fourier energy in ``K_W``); ``principal_angles
+    [r]``, ``subspace_energy`` and ``cka`` between the (token-centred) E_W and the target embedding.
+    """
+    task = run.task()
+    p = int(task.p)
+    E_W, _ = weak_embedding(run, weak_embedding_source)
+    W = group_rows(E_W, task.name, p)
+    weak_spec = F.frequency_norms(W)
+    K = weak_spec.numel()
+    weak_keys = F.select_key_frequencies(weak_spec)
+    weak_mask = torch.zeros(K)
+    weak_mask[[k - 1 for k in weak_keys]] = 1
+    Wc = W - W.mean(0, keepdim=True)
+    Q_W = orthonormal_basis(Wc, r=min(W.shape[1], W.shape[0]))
+    r = Q_W.shape[1]
+
+    def at_step(step: int, state: dict[str, Tensor], model: Any) -> dict[str, Tensor]:
+        T = group_rows(effective_embedding(state), task.name, p)
+        spec = F.frequency_norms(T)
+        keys = F.select_key_frequencies(spec)
+        mask = torch.zeros(K)
+        mask[[k - 1 for k in keys]] = 1
+        Tc = T - T.mean(0, keepdim=True)
+        U_T = orthonormal_basis(Tc, r=min(r, *Tc.shape))
+        angles = torch.full((r,), float("nan"), dtype=torch.float64)
+        a = principal_angles(Q_W, U_T)
+        angles[: len(a)] = a
+        return {
+            "spectrum": spec.float(),
+            "key_mask": mask,
+            "gini": torch.tensor(F.gini(spec)),
+            "weak_spectrum": weak_spec.float(),
+            "weak_key_mask": weak_mask,
+            "overlap": torch.tensor(overlap_score(keys, weak_keys)),
+            "overlap_expected": torch.tensor(len(weak_keys) / K),
+            "energy_in_weak_keys": torch.tensor(energy_fraction(spec, weak_keys)),
+            "principal_angles": angles.float(),
+            "subspace_energy": torch.tensor(subspace_energy(Tc, Wc)),
+            "cka": torch.tensor(linear_cka(W, T)),
+        }
+
+    return at_step
+
+
+def _freqs(mask: Tensor) -> list[int]:
+    return [int(i) + 1 for i in torch.nonzero(mask > 0.5).flatten()]
+
+
+def transfer_summary(
+    run: Run,
+    results: dict[str, Tensor],
+    level: float = 0.95,
+    n_perm: int = 10_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Headline numbers of a ``transfer`` result (keys without the ``transfer/`` prefix).
+
+    ``t_gen`` = first checkpoint whose test accuracy is ≥ ``level`` (else the last checkpoint,
+    with ``generalized = False``); the target's key frequencies are read there and tested against
+    E_W's with :func:`overlap_test`.
+    """
+    r = {k.removeprefix("transfer/"): v for k, v in results.items()}
+    steps = [int(s) for s in r["steps"]]
+    acc = {m["step"]: m["test_acc"] for m in run.metrics}
+    gen = next((s for s in steps if acc.get(s, 0.0) >= level), None)
+    i = steps.index(gen) if gen is not None else len(steps) - 1
+    K = r["spectrum"].shape[1]
+    weak_keys, init_keys, target_keys = (
+        _freqs(r["weak_key_mask"][0]),
+        _freqs(r["key_mask"][0]),
+        _freqs(r["key_mask"][i]),
+    )
+    test = overlap_test(target_keys, weak_keys, K, n_perm=n_perm, seed=seed)
+    info = transfer_info(run) or {}
+    return {
+        "kind": info.get("kind", "transfer" if run.config.model.embedding == "factorized" else "?"),
+        "first_test_95": first_step_reaching(run, "test_acc", level),
+        "analysis_step": steps[i],
+        "generalized": gen is not None,
+        "weak_keys": weak_keys,
+        "init_keys": init_keys,
+        "target_keys": target_keys,
+        "overlap": test["score"],
+        "overlap_baseline": test["baseline"],
+        "overlap_p_value": test["p_value"],
+        "overlap_p_exact": test["p_exact"],
+        "overlap_init": overlap_score(init_keys, weak_keys),
+        "energy_in_weak_keys_init": float(r["energy_in_weak_keys"][0]),
+        "energy_in_weak_keys": float(r["energy_in_weak_keys"][i]),
+        "energy_chance": len(weak_keys) / K,
+        "cka_init": float(r["cka"][0]),
+        "cka": float(r["cka"][i]),
+        "subspace_energy_init": float(r["subspace_energy"][0]),
+        "subspace_energy": float(r["subspace_energy"][i]),
+        "max_angle_deg_init": math.degrees(float(torch.nan_to_num(r["principal_angles"][0]).max())),
+        "max_angle_deg": math.degrees(float(torch.nan_to_num(r["principal_angles"][i]).max())),
+    }
+
+
+def transfer_table(run: Run, results: dict[str, Tensor]) -> Any:
+    """A ``rich`` table of :func:`transfer_summary` for ``grokinterp analyze RUN --only transfer``."""
+    from rich.table import Table
+
+    s = transfer_summary(run, results)
+    table = Table(title=f"transfer ({s['kind']}): {run.path}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    at = f"step {s['analysis_step']}" + ("" if s["generalized"] else " (never ≥95% test: last)")
+    rows = [
+        ("first step with test acc ≥ 95%", str(s["first_test_95"])),
+        ("E_W key frequencies K_W", str(s["weak_keys"])),
+        ("A·B key frequencies at init", str(s["init_keys"])),
+        (f"target key frequencies K_T ({at})", str(s["target_keys"])),
+        (
+            "overlap |K_T∩K_W|/|K_T| (perm. baseline, p)",
+            f"{s['overlap']:.2f} ({s['overlap_baseline']:.2f}, p={s['overlap_p_value']:.3g})",
+        ),
+        (
+            "target Fourier energy in K_W: init → analysed (chance)",
+            f"{s['energy_in_weak_keys_init']:.2f} → {s['energy_in_weak_keys']:.2f} "
+            f"({s['energy_chance']:.2f})",
+        ),
+        ("linear CKA(E_W, E_T): init → analysed", f"{s['cka_init']:.3f} → {s['cka']:.3f}"),
+        (
+            "E_T energy in span(E_W): init → analysed",
+            f"{s['subspace_energy_init']:.3f} → {s['subspace_energy']:.3f}",
+        ),
+        (
+            "largest principal angle (deg): init → analysed",
+            f"{s['max_angle_deg_init']:.1f} → {s['max_angle_deg']:.1f}",
+        ),
+    ]
+    for label, value in rows:
+        table.add_row(label, value)
+    return table
