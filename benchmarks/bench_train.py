@@ -47,6 +47,18 @@ from grokinterp.training.optim import warmup_factor
 from grokinterp.training.trainer import _initial_model, _Trainer
 
 OUT = Path(tempfile.gettempdir()) / "grokinterp_bench"
+LAST_HOST_SECONDS: dict[str, float] = {}  # FastTrainer.host_seconds of the last train() call
+
+_finish = FastTrainer.finish
+
+
+def _record_finish(self) -> None:  # keep the training-thread timings of each benchmarked run
+    _finish(self)
+    LAST_HOST_SECONDS.clear()
+    LAST_HOST_SECONDS.update(self.host_seconds)
+
+
+FastTrainer.finish = _record_finish
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -232,6 +244,17 @@ def bench_grok(args) -> dict:
     res["fast_step"] = first_step_reaching(run, "test_acc", 0.99)
     res["fast_checkpoints"] = len(run.steps)
     print(f"fast : 99% test acc at step {res['fast_step']} after {res['fast_s']:.1f} s (all in)")
+    if args.device == "cuda" and args.grok_tf32:
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        run = train(apply_overrides(fast_cfg, ["train.tf32=true"]), out, progress=False)
+        sync(args.device)
+        res["fast_tf32_s"] = time.perf_counter() - start
+        res["fast_tf32_step"] = first_step_reaching(run, "test_acc", 0.99)
+        print(
+            f"fast+tf32: 99% test acc at step {res['fast_tf32_step']} after "
+            f"{res['fast_tf32_s']:.1f} s (all in)"
+        )
     for name in args.grok_baselines:
         sync(args.device)
         start = time.perf_counter()
@@ -252,6 +275,9 @@ def bench_grok(args) -> dict:
         res[f"{name}_step"] = step
         res[f"time_ratio_{name}_over_fast"] = res[f"{name}_s"] / res["fast_s"]
         res[f"step_ratio_fast_over_{name}"] = (res["fast_step"] or 0) / (step or float("nan"))
+        if "fast_tf32_s" in res:
+            res[f"time_ratio_{name}_over_fast_tf32"] = res[f"{name}_s"] / res["fast_tf32_s"]
+            print(f"       fast+tf32 is ×{res[f'time_ratio_{name}_over_fast_tf32']:.1f} sooner")
         print(
             f"{name:5s}: 99% test acc at step {step} after {res[name + '_s']:.1f} s → "
             f"fast is ×{res[f'time_ratio_{name}_over_fast']:.1f} sooner; grokking step ratio "
@@ -273,6 +299,7 @@ def bench_seeds(args) -> dict:
         for s in args.seeds:
             cfgs = [seed_config(cfg, k) for k in range(s)]
             t = _MultiSeedTrainer(cfgs, [OUT / f"unused{k}" for k in range(s)])
+            assert t.fast is not None, "fast forward rejected"
             fns[f"S={s}"] = lambda t=t: (t.runner.step(t.step), setattr(t, "step", t.step + 1))
         r = interleaved(fns, args.device, args.steps or 30, args.rounds, warmup=15)
         one = r[f"S={args.seeds[0]}"] / args.seeds[0]
@@ -336,7 +363,7 @@ def bench_ckpt(args) -> dict:
     res: dict = {}
     for engine in engines:
         times: dict[str, list[float]] = {k: [] for k in variants}
-        info = {}
+        info, host = {}, {}
         warm = apply_overrides(base, [f"train.engine={engine}", "train.steps=20"])
         train(warm, OUT / "ckpt_warm", overwrite=True, progress=False)  # imports, allocator, JIT
         for _ in range(args.rounds):
@@ -344,11 +371,13 @@ def bench_ckpt(args) -> dict:
                 cfg = apply_overrides(base, [f"train.engine={engine}", *extra])
                 out = OUT / f"ckpt_{k}"
                 shutil.rmtree(out, ignore_errors=True)
+                LAST_HOST_SECONDS.clear()
                 sync(args.device)
                 start = time.perf_counter()
                 run = train(cfg, out, progress=False)
                 sync(args.device)
                 times[k].append(time.perf_counter() - start)
+                host[k] = dict(LAST_HOST_SECONDS)  # empty for the eager engine
                 step_files = [run.step_path(s) for s in run.steps]
                 info[k] = {
                     "checkpoints": len(step_files),
@@ -359,6 +388,7 @@ def bench_ckpt(args) -> dict:
         r["overhead_dense"] = r["dense"] / r["none"] - 1
         r["overhead_dense_fp16"] = r["dense_fp16"] / r["none"] - 1
         r["info"] = info
+        r["training_thread_s"] = host
         res[engine] = r
         print(f"\n[{preset}, {steps} steps, {engine} engine on {args.device}]")
         for k in variants:
@@ -369,7 +399,8 @@ def bench_ckpt(args) -> dict:
             )
         print(
             f"  overhead of dense checkpoints: {100 * r['overhead_dense']:.1f}% (float32), "
-            f"{100 * r['overhead_dense_fp16']:.1f}% (float16)"
+            f"{100 * r['overhead_dense_fp16']:.1f}% (float16); training-thread seconds "
+            f"{json.dumps({k: {a: round(b, 3) for a, b in v.items()} for k, v in host.items()})}"
         )
     return res
 
@@ -426,6 +457,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--compile", action="store_true", help="step: also time torch.compile")
     ap.add_argument("--grok-baselines", nargs="+", default=["plain"], help="plain and/or eager")
     ap.add_argument("--max-steps", type=int, default=40000)
+    ap.add_argument("--grok-tf32", action="store_true", help="grok: also the fast engine + TF32")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--seed-preset", default="nanda2023")
     ap.add_argument("--tf32-modes", type=int, nargs="+", default=[0, 1])

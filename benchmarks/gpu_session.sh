@@ -20,10 +20,10 @@ for stage in "$@"; do
          python3 -c 'import torch, transformer_lens, einops, safetensors; print(torch.__version__, torch.version.cuda, transformer_lens.__version__ if hasattr(transformer_lens, "__version__") else "tl ok")'
          nproc; df -h /tmp | tail -1 ;;
     test) timeout 120 python3 -m pytest -q tests/test_fast.py -k "cuda or 50_steps" -p no:cacheprovider 2>&1 | tail -15 ;;
-    step) timeout 300 $B step --presets demo nanda2023 --compile --json "$OUT/step_cuda.json" ;;
-    seeds) timeout 240 $B seeds --seeds 1 8 64 --json "$OUT/seeds_cuda.json" ;;
-    ckpt) timeout 200 $B ckpt --rounds 2 --ckpt-steps 3000 --json "$OUT/ckpt_cuda.json" ;;
-    grok) timeout 300 $B grok --json "$OUT/grok_cuda.json" ;;
-    e2e) timeout 300 $B seeds --seeds 1 64 --tf32-modes 0 --rounds 1 --steps 5 --end-to-end --e2e-steps 1000 --json "$OUT/seeds_e2e_cuda.json" ;;
+    step) timeout 200 $B step --presets demo nanda2023 --json "$OUT/step_cuda.json" ;;
+    seeds) timeout 120 $B seeds --seeds 1 8 64 --json "$OUT/seeds_cuda.json" ;;
+    ckpt) timeout 120 $B ckpt --rounds 2 --ckpt-steps 3000 --json "$OUT/ckpt_cuda.json" ;;
+    grok) timeout 150 $B grok --grok-tf32 --json "$OUT/grok_cuda.json" ;;
+    e2e) timeout 120 $B seeds --seeds 1 64 --tf32-modes 0 --rounds 1 --steps 5 --end-to-end --e2e-steps 1000 --json "$OUT/seeds_e2e_cuda.json" ;;
   esac
 done

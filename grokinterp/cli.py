@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -83,20 +84,16 @@ def _first(rows: list[dict], key: str, thr: float) -> int | None:
 def runs_table(paths: list[Path], title: str = "runs") -> Table:
     from grokinterp.store import Run
 
-    table = Table(title=title)
-    for col in (
-        "run",
-        "task",
-        "model",
-        "steps",
-        "ckpts",
-        "train acc",
-        "test acc",
-        "train≥99%",
-        "test≥99%",
-        "size",
-    ):
-        table.add_column(col, justify="right" if col not in ("run", "task", "model") else "left")
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        caption="acc: final accuracy; @99%: first step at 99% accuracy; MB: size on disk",
+    )
+    numeric = ("steps", "ckpts", "train acc", "test acc", "train @99%", "test @99%", "MB")
+    for col in ("run", "task", "model"):
+        table.add_column(col, overflow="fold", ratio=1)
+    for col in numeric:
+        table.add_column(col, justify="right", max_width=6)
     for path in paths:
         try:
             run = Run.open(path)
@@ -107,7 +104,7 @@ def runs_table(paths: list[Path], title: str = "runs") -> Table:
         last = rows[-1] if rows else {}
         fmt = lambda v: "—" if v is None else str(v)  # noqa: E731
         table.add_row(
-            str(path),
+            _short_path(path),
             f"{run.config.task.name} {run.config.task.params.get('p', '')}".strip(),
             run.config.model.name,
             fmt(last.get("step")),
@@ -116,9 +113,17 @@ def runs_table(paths: list[Path], title: str = "runs") -> Table:
             f"{last.get('test_acc', 0):.3f}",
             fmt(_first(rows, "train_acc", 0.99)),
             fmt(_first(rows, "test_acc", 0.99)),
-            f"{run.size_bytes() / 1e6:.1f} MB",
+            f"{run.size_bytes() / 1e6:.1f}",
         )
     return table
+
+
+def _short_path(path: Path) -> str:
+    """The path relative to the working directory when it is inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -256,6 +261,135 @@ ANALYSIS_SUMMARIES: dict = {}
 # --- helper commands go below this line ---
 
 
+def _transfer_summary(run, results):
+    from grokinterp.analysis.transfer import transfer_table
+
+    return transfer_table(run, results)
+
+
+ANALYSIS_SUMMARIES["transfer"] = _transfer_summary
+
+
+@app.command("transfer")
+@friendly
+def transfer_cmd(
+    weak: str = typer.Option(
+        ..., "--weak", help="Weak model: a preset or config file to train, or a run directory."
+    ),
+    target: str = typer.Option(..., "--target", help="Target preset or config file."),
+    weak_at: str = typer.Option(
+        None,
+        "--weak-at",
+        help="Checkpoint of E_W: STEP, acc=X (first checkpoint with test acc ≥ X), best, final "
+        "[default: acc=0.3; acc=0.25 with --cpu].",
+    ),
+    merge_at: int = typer.Option(
+        None, "--merge-at", help="Fold A·B into a full W_E after this step."
+    ),
+    random_a: bool = typer.Option(False, "--random-a", help="Ablation: A random (E_W's norm)."),
+    compare: bool = typer.Option(
+        False, "--compare", help="Train scratch, transfer and random-A targets; print the table."
+    ),
+    grokfast: bool = typer.Option(
+        False, "--grokfast", help="With --compare: add a Grokfast-EMA scratch target."
+    ),
+    steps: int = typer.Option(None, "--steps", help="Step budget of every target run."),
+    cpu: bool = typer.Option(
+        False, "--cpu", help="CPU-sized GrokTransfer mod-add settings (p=59, small target)."
+    ),
+    overrides: list[str] = typer.Option(
+        None, "--set", "-s", help="Override a target value: --set train.lr=3e-3."
+    ),
+    weak_overrides: list[str] = typer.Option(
+        None, "--weak-set", help="Override a value of the weak preset."
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder (weak/, targets, inputs/)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing target runs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """GrokTransfer (Xu et al. 2025): initialise a target's embedding A·B with A = a weak model's E_W."""
+    from grokinterp.experiments import transfer as gt
+
+    if grokfast and not compare:
+        raise GrokinterpError("--grokfast adds the Grokfast-EMA target to --compare; pass both")
+    if compare and random_a:
+        raise GrokinterpError("--compare already trains the random-A ablation; drop --random-a")
+    t_over = [*(gt.CPU_TARGET_OVERRIDES if cpu else []), *(overrides or [])]
+    w_over = [*(gt.CPU_WEAK_OVERRIDES if cpu else []), *(weak_overrides or [])]
+    if cpu and Path(weak, "run.json").is_file():
+        w_over = list(weak_overrides or [])  # an existing weak run is used as it is
+    out = out or Path("checkpoints") / f"groktransfer-{Path(target).stem}{'-cpu' if cpu else ''}"
+    weak_at = weak_at or (gt.CPU_WEAK_AT if cpu else "acc=0.3")
+    at = int(weak_at) if weak_at.strip().isdigit() else weak_at
+    if not compare:
+        run = gt.transfer(
+            weak,
+            target,
+            at,
+            out,
+            merge_at=merge_at,
+            random_a=random_a,
+            target_overrides=t_over,
+            weak_overrides=w_over,
+            steps=steps,
+            overwrite=overwrite,
+            progress=not quiet,
+        )
+        from grokinterp.analysis.transfer import transfer_info
+
+        info = transfer_info(run) or {}
+        console.print(runs_table([run.path], title="GrokTransfer target"))
+        console.print(
+            f"E_W from {info['weak_run']} at step {info['weak_step']} "
+            f"(test acc {info['weak_test_acc']:.3f}); analyse with "
+            f"`grokinterp analyze {run.path} --only transfer`"
+        )
+        return
+    res = gt.compare_transfer(
+        weak,
+        target,
+        at,
+        out,
+        steps=steps,
+        grokfast=grokfast,
+        merge_at=merge_at,
+        target_overrides=t_over,
+        weak_overrides=w_over,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    table = Table(
+        title=f"GrokTransfer vs baselines — E_W: {res.weak_run} step {res.weak_step} "
+        f"(test acc {res.weak_test_acc:.3f}); steps to ≥95% accuracy"
+    )
+    for col in (
+        "target",
+        "train 95%",
+        "test 95%",
+        "gap",
+        "final test",
+        "wall to 95% test (s)",
+        "wall total (s)",
+    ):
+        table.add_column(col, justify="left" if col == "target" else "right")
+    fmt = lambda v, f="{}": "—" if v is None else f.format(v)  # noqa: E731
+    for r in res.rows:
+        table.add_row(
+            r["kind"],
+            fmt(r["steps_train"]),
+            fmt(r["steps_test"]),
+            fmt(r["gap"]),
+            f"{r['final_test_acc']:.3f}",
+            fmt(r["wall_to_test_s"], "{:.1f}"),
+            f"{r['wall_total_s']:.1f}",
+        )
+    console.print(table)
+    console.print(
+        "wall times: training steps only; transfer/random_a include the weak run up to E_W's step. "
+        f"Wrote {res.out_dir / 'compare.json'}"
+    )
+
+
 def _dynamics_summary(name: str):
     """Summaries of the training-dynamics analyses (issue 5), imported lazily."""
 
@@ -337,7 +471,7 @@ def _print_report_paths(result) -> None:
     counts = ", ".join(f"{n} {k}" for k, n in result.status_counts().items())
     console.print(
         f"report: [bold]{result.html_path}[/] ({result.size_bytes / 1e6:.1f} MB, "
-        f"{result.n_figures} figures; sections: {counts})\\nsummary: {result.summary_path}",
+        f"{result.n_figures} figures; sections: {counts})\nsummary: {result.summary_path}",
         highlight=False,
     )
 

@@ -17,8 +17,10 @@ from grokinterp.training.fast import (
     FastTrainer,
     gather_rows,
     make_gather,
+    materialize,
     per_seed_loss,
     resolve_engine,
+    to_host,
 )
 from grokinterp.training.trainer import _initial_model, _Trainer, loss_fn
 
@@ -203,6 +205,26 @@ def test_engine_option_and_errors():
     with pytest.raises(ZeroDivisionError):
         w.flush()
     w.flush()  # the error is reported once
+
+
+def test_checkpoint_snapshot_is_taken_at_submit_time():
+    w = torch.arange(6.0).view(2, 3)
+    tree = {
+        "w": w,
+        "opt": {"state": {0: {"step": torch.tensor(3.0), "m": w * 2}}, "groups": [{"lr": 0.1}]},
+        "rng": torch.tensor([1, 2], dtype=torch.uint8),
+    }
+    host, event = to_host(tree)
+    w.add_(100)  # training goes on: the snapshot must not move
+    out = materialize(host)
+    assert event is None  # nothing on CUDA
+    torch.testing.assert_close(out["w"], torch.arange(6.0).view(2, 3))
+    torch.testing.assert_close(out["opt"]["state"][0]["m"], 2 * torch.arange(6.0).view(2, 3))
+    assert out["opt"]["state"][0]["step"].shape == () and out["opt"]["groups"] == [{"lr": 0.1}]
+    assert out["rng"].dtype == torch.uint8 and out["rng"].tolist() == [1, 2]
+    assert out["w"].untyped_storage().data_ptr() != out["opt"]["state"][0]["m"].data_ptr()
+    half, _ = to_host(tree, torch.float16)
+    assert half["w"].dtype == torch.float16 and half["rng"].dtype == torch.uint8
 
 
 def test_fast_trainer_metrics_match_eager():

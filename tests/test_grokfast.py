@@ -175,3 +175,15 @@ def test_the_filter_changes_training(tmp_path, tiny_config):
     filtered = train(cfg, tmp_path / "ema", progress=False)
     assert not _equal_states(plain, filtered, 30)
     assert _equal_states(plain, filtered, 0)  # same initialisation
+
+
+def test_compare_grokfast_trains_with_and_without_the_filter(tmp_path, tiny_config):
+    from grokinterp.experiments.transfer import compare_grokfast
+
+    cfg = apply_overrides(tiny_config, ["train.grokfast={kind='ma', window=3, lamb=1.0}"])
+    rows = compare_grokfast(cfg, tmp_path, overrides=["train.steps=10"])
+    assert [r["kind"] for r in rows] == ["baseline", "grokfast"]
+    base, filt = Run.open(tmp_path / "baseline"), Run.open(tmp_path / "grokfast")
+    assert base.config.train.grokfast == {} and filt.config.train.grokfast["kind"] == "ma"
+    assert _equal_states(base, filt, 0) and not _equal_states(base, filt, 10)
+    assert all(r["final_step"] == 10 for r in rows)

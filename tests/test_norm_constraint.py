@@ -81,3 +81,19 @@ def test_norm_constraint_across_an_embedding_merge(tmp_path, tiny_config):
         assert abs(_norm64(run.load_state(s)) - n_merge) / n_merge < 1e-6, s
     for s in [s for s in run.steps if s < 10]:
         assert abs(_norm64(run.load_state(s)) - n0) / n0 < 1e-6, s
+
+
+def test_lu_sweep_holds_each_run_at_its_scaled_norm(tmp_path):
+    from grokinterp.experiments.transfer import lu_sweep
+
+    over = ["train.steps=8", "train.eval_every=4", "train.checkpoint_every=4"]
+    over += ["model.d_mlp=16", "task.n_train=40"]
+    out = lu_sweep("omnigrok-norm", scales=(0.5, 2.0), out_dir=tmp_path, overrides=over)
+    assert out["scale"] == [0.5, 2.0] and len(out["test_loss"]) == 2
+    # every parameter is multiplied by alpha at init, and the constraint keeps that norm
+    assert out["weight_norm"][1] / out["weight_norm"][0] == pytest.approx(4.0, rel=1e-5)
+    for scale in ("0.5", "2"):
+        run = __import__("grokinterp").Run.open(tmp_path / f"scale-{scale}")
+        assert run.config.train.norm_constraint and run.config.train.weight_decay == 0
+        n0 = _norm64(run.load_state(0))
+        assert abs(_norm64(run.load_state(8)) - n0) / n0 < 1e-6

@@ -196,7 +196,8 @@ def test_report_of_a_run_without_analyses_lists_the_commands(fresh_run):
     assert summary["run"] == "alpha" and summary["threshold"] == 0.99
     assert summary["sections"]["training"]["status"] == "ok"
     assert set(summary) >= {"step_memorization", "step_generalization", "delay_ratio"}
-    assert result.n_figures == 3 and page.count('class="plotly-graph-div"') == 3
+    n_training = len({s.key: s for s in result.sections}["training"].figures)
+    assert 3 <= n_training == result.n_figures == page.count('class="plotly-graph-div"')
     assert "alpha" in page and "mod_add" in page and "wall time" in page and "hardware" in page
 
 
@@ -426,3 +427,32 @@ def test_dynamics_and_ticket_readings_follow_planted_curves():
     text = S.tickets_reading(tk, rd)
     assert "keeping 20% of the weights" in text and "reaches 0.9 at step 300" in text
     assert "falls to 0.20 (chance level 0.11)" in text
+
+
+def test_transfer_section_and_comparison(tiny_runs, tmp_path):
+    """A GrokTransfer target (and its random-A ablation) of the tiny run: the section reads the
+    key frequencies of the cache; the comparison overlays both runs."""
+    pytest.importorskip("grokinterp.report.figures.transfer")
+    from grokinterp.analysis.transfer import transfer_summary
+    from grokinterp.experiments.transfer import transfer
+
+    cfg = tiny_runs[0].config
+    runs = [
+        transfer(tiny_runs[0], cfg, weak_at=30, out_dir=tmp_path / "gt", random_a=ra)
+        for ra in (False, True)
+    ]
+    for r in runs:
+        analysis.over_training(r, ["transfer"], progress=False)
+    one = {s.key: s for s in build_report(runs[0]).sections}["transfer"]
+    assert one.status == "ok" and len(one.figures) == 5, one.notes
+    results = analysis.over_training(runs[0], ["transfer"], progress=False)
+    s = transfer_summary(runs[0], results, n_perm=2000)
+    assert f"key frequencies are {', '.join(map(str, s['target_keys']))}" in one.reading
+    both = build_report(runs, tmp_path / "cmp.html")
+    sec = {s.key: s for s in both.sections}["transfer"]
+    assert sec.status == "ok" and "transfer" in sec.reading and "random_a" in sec.reading
+    labels = {tr.name for tr in sec.figures[1].data}
+    assert labels == {
+        "transfer · energy in E_W's key freqs",
+        "random_a · energy in E_W's key freqs",
+    }

@@ -379,7 +379,8 @@ def transfer_summary(
     E_W's with :func:`overlap_test`.
     """
     r = {k.removeprefix("transfer/"): v for k, v in results.items()}
-    steps = [int(s) for s in r["steps"]]
+    # `grokinterp analyze` passes the keys without "steps" and covers every checkpoint
+    steps = [int(s) for s in r.get("steps", run.steps)]
     acc = {m["step"]: m["test_acc"] for m in run.metrics}
     gen = next((s for s in steps if acc.get(s, 0.0) >= level), None)
     i = steps.index(gen) if gen is not None else len(steps) - 1

@@ -615,7 +615,13 @@ def _training_overlay(rds: Sequence[RunData]) -> Rendered:
     overlay=_training_overlay,
 )
 def _training_section(rd: RunData) -> Rendered:
-    return _training_figures([rd]), training_reading(rd.metrics, rd.summary)
+    figs = _training_figures([rd])
+    try:  # Omnigrok's view: loss against weight norm (from the transfer figures, if present)
+        if any("weight_norm_l2" in m for m in rd.metrics):
+            figs.append(figure_fn("transfer", "norm_trajectory_figure")(rd.metrics))
+    except FigureUnavailable:
+        pass
+    return figs, training_reading(rd.metrics, rd.summary)
 
 
 # ----------------------------------------------------------------------------- fourier
@@ -1006,20 +1012,93 @@ def _tickets_section(rd: RunData) -> Rendered:
 # ----------------------------------------------------------------------------- transfer
 
 
+def _transfer_summary(data: AnalysisData, rd: RunData) -> dict[str, Any]:
+    from grokinterp.analysis.transfer import transfer_summary
+
+    return transfer_summary(rd.run, dict(data.results or {}), n_perm=2000)
+
+
+def transfer_reading(summary: Mapping[str, Any]) -> str:
+    """Two sentences on what a GrokTransfer target inherits from the weak embedding E_W
+    (key-frequency overlap against its permutation baseline, then energy in K_W and CKA), from
+    :func:`grokinterp.analysis.transfer.transfer_summary`."""
+    s = summary
+    at = f"step {fmt_step(s['analysis_step'])}" + (
+        "" if s["generalized"] else " (the last checkpoint; it never reaches 95% test accuracy)"
+    )
+    first = (
+        f"At {at} the target's key frequencies are {', '.join(map(str, s['target_keys'])) or 'none'}"
+        f" and the weak embedding's {', '.join(map(str, s['weak_keys'])) or 'none'}: an overlap of "
+        f"{s['overlap']:.2f} against {s['overlap_baseline']:.2f} by chance (p = {s['overlap_p_value']:.2g})."
+    )
+    second = (
+        f"The share of the target's Fourier energy in E_W's key frequencies goes from "
+        f"{s['energy_in_weak_keys_init']:.2f} at initialisation to {s['energy_in_weak_keys']:.2f} "
+        f"(chance {s['energy_chance']:.2f}), and linear CKA with E_W from {s['cka_init']:.2f} to {s['cka']:.2f}."
+    )
+    return f"{first} {second}"
+
+
+def _transfer_overlay(rds: Sequence[RunData]) -> Rendered:
+    """Comparison (e.g. transfer vs random-A): accuracy curves and key-frequency overlap."""
+    from grokinterp.report.figures.training import COLORS
+
+    curves = figure_fn("transfer", "comparison_curves_figure")({rd.label: rd.metrics for rd in rds})
+    fig = go.Figure()
+    parts = []
+    for i, rd in enumerate(rds):
+        d = rd.analysis("transfer")
+        fig.add_trace(
+            go.Scatter(
+                x=np.maximum(d.steps, 1),
+                y=d.get("energy_in_weak_keys"),
+                name=f"{rd.label} · energy in E_W's key freqs",
+                line={"color": COLORS[i % len(COLORS)]},
+            )
+        )
+        s = _transfer_summary(d, rd)
+        parts.append(f"{rd.label} {s['overlap']:.2f} (chance {s['overlap_baseline']:.2f})")
+    fig.update_layout(
+        title="Share of the target's Fourier energy in E_W's key frequencies",
+        xaxis={"title": "step", "type": "log"},
+        yaxis={"title": "fraction", "range": [0, 1.05]},
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.2},
+    )
+    gen = "; ".join(f"{rd.label} {fmt_step(rd.summary.get('step_generalization'))}" for rd in rds)
+    reading = (
+        f"Overlap of the target's key frequencies with E_W's: {'; '.join(parts)}. "
+        f"Test accuracy reaches the threshold at steps: {gen}."
+    )
+    return [curves, fig], reading
+
+
 @register_section(
     "transfer",
     "GrokTransfer",
     "transfer",
-    "GrokTransfer (Xu et al. 2025, Let me grok for you): the embedding of a weak model that "
-    "generalised initialises a target model, which then generalises without a long delay.",
+    "Xu, Ni, Wang, Hu 2025 (Let me grok for you: accelerating grokking via embedding transfer "
+    "from a weaker model): the target inherits the weak model's key frequencies.",
     order=40,
+    overlay=_transfer_overlay,
 )
 def _transfer_section(rd: RunData) -> Rendered:
+    from grokinterp.report.figures.training import checkpoint_slider_figure
+
     data = rd.analysis("transfer")
-    mod = figures_module("transfer")
-    fn = getattr(mod, "transfer_figures", None) or getattr(mod, "transfer_figure", None)
-    if fn is None:
-        raise FigureUnavailable("grokinterp.report.figures.transfer has no transfer figure")
-    out = fn(data.results, rd.metrics)
-    figs = list(out) if isinstance(out, list | tuple) else [out]
-    return figs, _generic_section("transfer").render(rd)[1]
+    r = data.results
+    summary = _transfer_summary(data, rd)
+    figs = [
+        figure_fn("transfer", "transfer_spectra_figure")(r, at=summary["analysis_step"]),
+        figure_fn("transfer", "transfer_spectrum_heatmap")(r),
+        checkpoint_slider_figure(
+            data.steps.astype(int).tolist(),
+            data.get("spectrum"),
+            title="Fourier norms of the target embedding",
+            xtitle="frequency k",
+            ytitle="‖projection on cos/sin k‖",
+        ),
+        figure_fn("transfer", "transfer_overlap_figure")(r),
+        figure_fn("transfer", "transfer_subspace_figure")(r),
+    ]
+    return figs, transfer_reading(summary)

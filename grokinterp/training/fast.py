@@ -457,9 +457,11 @@ class StepRunner:
         graphable: bool,
         after_backward: Callable[[], None] | None = None,
         after_step: Callable[[], None] | None = None,
+        before_capture: Callable[[], None] | None = None,
     ):
         self.params, self.opt, self.loss, self.cfg = params, opt, loss, cfg
         self.after_backward, self.after_step = after_backward, after_step
+        self.before_capture = before_capture
         self.use_graph = graphable and device.type == "cuda"
         self.graph: torch.cuda.CUDAGraph | None = None
         self.stream = torch.cuda.Stream(device) if self.use_graph else None
@@ -501,12 +503,14 @@ class StepRunner:
     def _capture(self, step: int) -> None:
         for g in self.opt.param_groups:
             g["lr"] = self.cfg.lr * warmup_factor(step, self.cfg.warmup_steps)
+        if self.before_capture:  # e.g. let the checkpoint writer finish its CUDA calls
+            self.before_capture()
         torch.cuda.synchronize()
         # Gradients allocated during capture live in the graph's pool and are overwritten
         # (not accumulated) by each replay, so no zero_grad is needed inside the graph.
         self.opt.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, stream=self.stream):
+        with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
             self._body()
 
     def release(self) -> None:
@@ -571,34 +575,72 @@ def _flush_all_writers() -> None:
 
 
 def to_host(tree: Any, dtype: torch.dtype | None = None) -> tuple[Any, torch.cuda.Event | None]:
-    """Copy every tensor in ``tree`` (dicts, lists, tuples) to fresh host memory, asynchronously
-    on CUDA (pinned buffers + an event to wait on). Floating tensors are cast to ``dtype`` first
-    when given."""
-    cuda = [False]
+    """Snapshot every tensor in ``tree`` (dicts, lists, tuples) into host memory now.
 
-    def copy(t: Any) -> Any:
+    Tensors are packed per (dtype, device) into one buffer: on CUDA one asynchronous transfer
+    into pinned memory (the training thread waits on nothing; the returned event says when the
+    data are there), on CPU one copy. The returned tensors are views of those buffers
+    (:func:`materialize` gives independent tensors). Floating tensors are cast to ``dtype``
+    first when given.
+    """
+    groups: dict[tuple[torch.dtype, bool], list[torch.Tensor]] = {}
+
+    def collect(t: Any) -> Any:
         if isinstance(t, torch.Tensor):
             t = t.detach()
             if dtype is not None and t.is_floating_point():
                 t = t.to(dtype)
-            if t.is_cuda:
-                cuda[0] = True
-                out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                out.copy_(t, non_blocking=True)
-                return out
-            return t.clone()
+            key = (t.dtype, t.is_cuda)
+            group = groups.setdefault(key, [])
+            group.append(t)
+            return (_Slot, key, len(group) - 1)
         if isinstance(t, dict):
-            return {k: copy(v) for k, v in t.items()}
+            return {k: collect(v) for k, v in t.items()}
         if isinstance(t, (list, tuple)):
-            return type(t)(copy(v) for v in t)
+            return type(t)(collect(v) for v in t)
         return t
 
-    out = copy(tree)
+    shaped = collect(tree)
+    views: dict[tuple[torch.dtype, bool], list[torch.Tensor]] = {}
+    for key, tensors in groups.items():
+        flat = torch.cat([t.reshape(-1) for t in tensors])  # a new buffer: a true snapshot
+        if key[1]:
+            host = torch.empty(flat.numel(), dtype=flat.dtype, pin_memory=True)
+            host.copy_(flat, non_blocking=True)
+        else:
+            host = flat
+        sizes = [t.numel() for t in tensors]
+        views[key] = [v.view(t.shape) for v, t in zip(host.split(sizes), tensors, strict=True)]
     event = None
-    if cuda[0]:
+    if any(cuda for _, cuda in groups):
         event = torch.cuda.Event()
         event.record()
-    return out, event
+
+    def place(t: Any) -> Any:
+        if isinstance(t, tuple) and len(t) == 3 and t[0] is _Slot:
+            return views[t[1]][t[2]]
+        if isinstance(t, dict):
+            return {k: place(v) for k, v in t.items()}
+        if isinstance(t, (list, tuple)):
+            return type(t)(place(v) for v in t)
+        return t
+
+    return place(shaped), event
+
+
+class _Slot:
+    """Placeholder marking where a packed CUDA tensor goes back (see :func:`to_host`)."""
+
+
+def materialize(tree: Any) -> Any:
+    """``tree`` with every tensor cloned (independent storages, as the eager trainer saves)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.clone()
+    if isinstance(tree, dict):
+        return {k: materialize(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(materialize(v) for v in tree)
+    return tree
 
 
 def write_checkpoint(
@@ -617,8 +659,10 @@ def write_checkpoint(
     """
     if event is not None:
         event.synchronize()
+    weights = materialize(weights)
     save_tensors(out / "steps" / f"{step:08d}.safetensors", weights, metadata={"step": str(step)})
     if newest_state is None or newest_state.get(out, step) <= step:
+        state = materialize(state)
         atomic_write(out / "state" / "latest.pt", lambda tmp: torch.save(state, tmp))
 
 
@@ -631,9 +675,12 @@ def submit_checkpoint(
     dtype: torch.dtype | None,
 ) -> None:
     """Snapshot ``weights`` (cast to ``dtype``) and ``state`` now; write them in the background."""
-    host_w, ev1 = to_host(weights, dtype)
-    host_s, ev2 = to_host(state)
-    event = ev2 if ev2 is not None else ev1
+    if dtype is None:  # one packed transfer for both
+        (host_w, host_s), event = to_host((weights, state))
+    else:
+        host_w, ev1 = to_host(weights, dtype)
+        host_s, ev2 = to_host(state)
+        event = ev2 if ev2 is not None else ev1
     writer.newest_state[out] = step
     newest = writer.newest_state
     writer.submit(lambda: write_checkpoint(out, step, host_w, host_s, event, newest))
@@ -661,14 +708,15 @@ class FastTrainer(_Trainer):
     def __init__(self, config: RunConfig, out: Path, progress: bool):
         super().__init__(config, out, progress)
         tc = config.train
-        self._tf32_prev = None
-        if tc.tf32 and self.device.type == "cuda":
-            self._tf32_prev = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = True
         self.full_batch = tc.batch_size is None or tc.batch_size >= len(self.y_train)
         self.fast = FastForward.build(config.model, self.task, self.device, self.dtype)
         if self.fast is not None and not self.fast.agrees_with(self.model, self.x_train[:256]):
             self.fast = None  # an unknown model variant: use the module's own forward
+        self._tf32_prev = None
+        if tc.tf32 and self.device.type == "cuda":  # after the (full-precision) check
+            self._tf32_prev = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+        self.host_seconds = {"metrics": 0.0, "checkpoint": 0.0}  # training-thread time spent
         if self.fast is not None:
             self.train_inputs = self.fast.prepare(self.x_train) if self.full_batch else None
             self.eval_sets = [
@@ -728,6 +776,7 @@ class FastTrainer(_Trainer):
             graphable=not graph_blockers(self.cfg.train),
             after_backward=self._after_backward,
             after_step=self._after_step,
+            before_capture=self.writer.flush,
         )
 
     def train_step(self) -> None:
@@ -765,6 +814,13 @@ class FastTrainer(_Trainer):
             start = time.perf_counter()
             torch.cuda.synchronize(self.device)
             self.wall += time.perf_counter() - start
+        start = time.perf_counter()
+        try:
+            return self._metrics()
+        finally:
+            self.host_seconds["metrics"] += time.perf_counter() - start
+
+    def _metrics(self) -> dict[str, Any]:
         if self.fast is None:
             return super().metrics()
         kind = self.cfg.train.loss
@@ -800,10 +856,12 @@ class FastTrainer(_Trainer):
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> None:
         """Snapshot weights and resume state now; write them on the background thread."""
+        start = time.perf_counter()
         dtype = torch.float16 if self.cfg.train.checkpoint_dtype == "float16" else None
         submit_checkpoint(
             self.writer, self.out, self.step, self.model.state_dict(), self.state(), dtype
         )
+        self.host_seconds["checkpoint"] += time.perf_counter() - start
 
     def finish(self) -> None:
         self.writer.flush()
@@ -845,6 +903,7 @@ __all__ = [
     "make_fast_optimizer",
     "make_gather",
     "make_trainer",
+    "materialize",
     "per_seed_loss",
     "per_seed_norms",
     "resolve_engine",

@@ -172,9 +172,6 @@ class _MultiSeedTrainer:
         self.dtype = DTYPES[tc.dtype]
         self.task = make_task(base.task.name, **base.task.params)
         self._tf32_prev = None
-        if tc.tf32 and self.device.type == "cuda":
-            self._tf32_prev = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = True
         models, self.rng_states = [], []
         for c in configs:
             models.append(_initial_model(c, self.task).to(self.device, self.dtype))
@@ -209,6 +206,10 @@ class _MultiSeedTrainer:
             self.fast = None
         if self.fast is None:
             return
+        if tc.tf32 and self.device.type == "cuda":  # after the (full-precision) check
+            self._tf32_prev = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+        self.writer = AsyncWriter()
         self.train_inputs = self.fast.prepare(self.x_train)
         self.eval_sets = [
             (self.fast.prepare(x[i : i + 16384], backward=False), y[i : i + 16384], split)
@@ -227,13 +228,13 @@ class _MultiSeedTrainer:
             graphable=not graph_blockers(tc),
             after_backward=self._after_backward,
             after_step=self._after_step,
+            before_capture=self.writer.flush,
         )
         self.ckpt_steps = set(
             checkpoint_schedule(tc.steps, tc.checkpoint_every, tc.checkpoint_log_steps)
         )
         self.step = 0
         self.wall = 0.0
-        self.writer = AsyncWriter()
 
     # ------------------------------------------------------------------ pieces
     def _load_masks(self, path: str) -> dict[str, torch.Tensor]:
