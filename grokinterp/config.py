@@ -9,11 +9,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 PRESET_DIR = Path(__file__).parent / "presets"
 

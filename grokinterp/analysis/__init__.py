@@ -3,10 +3,12 @@
 Importing this package registers every analysis with the driver.
 """
 
+from grokinterp.analysis import (
+    dynamics,  # noqa: F401  (registers "rank", "complexity", "norms", "robustness")
+    fourier_training,  # noqa: F401  (registers "fourier")
+    tickets,  # noqa: F401  (registers "tickets")
+    transfer,  # noqa: F401  (registers "transfer")
+)
 from grokinterp.analysis.registry import ANALYSES, applicable, over_training, register_analysis
-from grokinterp.analysis import fourier_training  # noqa: F401  (registers "fourier")
-from grokinterp.analysis import tickets  # noqa: F401  (registers "tickets")
-from grokinterp.analysis import dynamics  # noqa: F401  (registers "rank", "complexity", "norms", "robustness")
-from grokinterp.analysis import transfer  # noqa: F401  (registers "transfer")
 
 __all__ = ["ANALYSES", "applicable", "over_training", "register_analysis"]

@@ -429,11 +429,12 @@ def transfer_table(run: Run, results: dict[str, Tensor]) -> Any:
     rows = [
         ("first step with test acc ≥ 95%", str(s["first_test_95"])),
         ("E_W key frequencies K_W", str(s["weak_keys"])),
-        ("A·B key frequencies at init", str(s["init_keys"])),
+        ("target embedding key frequencies at step 0", str(s["init_keys"])),
         (f"target key frequencies K_T ({at})", str(s["target_keys"])),
         (
-            "overlap |K_T∩K_W|/|K_T| (perm. baseline, p)",
-            f"{s['overlap']:.2f} ({s['overlap_baseline']:.2f}, p={s['overlap_p_value']:.3g})",
+            "overlap |K_T∩K_W|/|K_T| (permutation baseline; p, exact p)",
+            f"{s['overlap']:.2f} ({s['overlap_baseline']:.2f}; p={s['overlap_p_value']:.3g}, "
+            f"{s['overlap_p_exact']:.3g})",
         ),
         (
             "target Fourier energy in K_W: init → analysed (chance)",

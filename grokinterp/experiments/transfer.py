@@ -319,7 +319,14 @@ def transfer(
     init, record = transfer_inputs(wr, step, out_dir, random_a, seed=target.train.seed)
     rank = load_tensors(init)["embed.W_A"].shape[1]
     cfg = _target_config(kind, target, wr, record, init, rank, merge_at, steps, None)
-    return train(cfg, Path(out_dir) / kind, overwrite=overwrite, progress=progress)
+    return _train_or_reuse(cfg, Path(out_dir) / kind, overwrite, progress)
+
+
+def _train_or_reuse(cfg: RunConfig, path: Path, overwrite: bool, progress: bool) -> Run:
+    """Train into ``path``; an existing run with the same config is reused (resumed if it was
+    interrupted, extended if the budget grew); a different one is refused unless ``overwrite``."""
+    resume = is_run_dir(path) and not overwrite
+    return train(cfg, path, resume=resume, overwrite=overwrite, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,8 +404,8 @@ def compare_transfer(
     """Train target-from-scratch, target-with-transfer and the random-A ablation (plus the
     Grokfast-EMA target with ``grokfast=True``) with the same step budget; return the table.
 
-    Runs that already exist complete in ``out_dir/<kind>`` with the same config are reused.
-    Writes ``out_dir/compare.json``.
+    Runs already in ``out_dir/<kind>`` with the same config are reused (resumed if interrupted);
+    a different run there is refused unless ``overwrite``. Writes ``out_dir/compare.json``.
     """
     chosen = list(kinds) if kinds else ["scratch", "transfer", "random_a"]
     if grokfast and "grokfast" not in chosen:
@@ -420,14 +427,7 @@ def compare_transfer(
         elif not record:
             _, record = transfer_inputs(wr, step, out, False, target.train.seed)
         cfg = _target_config(kind, target, wr, record, init, rank, merge_at, steps, None)
-        path = out / kind
-        reuse = is_run_dir(path) and Run.open(path).info.get("status") == "complete"
-        if reuse and Run.open(path).config.to_dict() != cfg.to_dict():
-            reuse = False
-        if reuse and not overwrite:
-            run = Run.open(path)
-        else:
-            run = train(cfg, path, overwrite=True, progress=progress)
+        run = _train_or_reuse(cfg, out / kind, overwrite, progress)
         weak_wall = (
             float(record.get("weak_wall_s") or 0.0) if kind in ("transfer", "random_a") else 0.0
         )
@@ -458,16 +458,7 @@ def compare_grokfast(
         c.train.grokfast = filt
         c.name = f"{cfg.name}-{kind}"
         c = RunConfig.from_dict(c.to_dict())
-        path = Path(out_dir) / kind
-        existing = Run.open(path) if is_run_dir(path) else None
-        if (
-            existing is not None
-            and existing.info.get("status") == "complete"
-            and existing.config.to_dict() == c.to_dict()
-        ):
-            run = existing
-        else:
-            run = train(c, path, overwrite=True, progress=progress)
+        run = _train_or_reuse(c, Path(out_dir) / kind, False, progress)
         rows.append(summarize_run(run, kind, level))
     atomic_write_text(Path(out_dir) / "compare.json", json.dumps(rows, indent=2))
     return rows
