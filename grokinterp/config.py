@@ -236,7 +236,7 @@ def load_preset(name: str) -> RunConfig:
     return cfg
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """Parse an override value as TOML (numbers, bools, lists, strings); bare words stay strings."""
     if text.lower() in ("none", "null"):
         return None
@@ -253,7 +253,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         _check("=" in item, f"override {item!r} must look like section.key=value")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
-        value = _parse_value(text.strip())
+        value = parse_value(text.strip())
         if parts[0] == "task" and len(parts) == 2 and parts[1] != "name":
             cfg.task.params[parts[1]] = value
             continue

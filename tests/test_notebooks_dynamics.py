@@ -4,51 +4,22 @@ It trains the omnigrok-digits preset and uses a copy of the demo run when one ex
 checkpoints/ (else trains the demo too), so that no shared run's analysis cache is touched.
 """
 
-from __future__ import annotations
-
-import shutil
-import time
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "03_dynamics.ipynb"
+from tests.conftest import copy_of_demo_run
 
 
 @pytest.mark.slow
-def test_dynamics_notebook(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    src = next(
-        (
-            ROOT / "checkpoints" / n
-            for n in ("demo", "demo_fourier")
-            if (ROOT / "checkpoints" / n / "run.json").is_file()
-        ),
-        None,
-    )
-    demo = tmp_path / "demo"
-    if src is not None:
-        shutil.copytree(src, demo, ignore=shutil.ignore_patterns("analysis", "state"))
-    monkeypatch.setenv("GROKINTERP_DIGITS_RUN", str(tmp_path / "digits"))
-    monkeypatch.setenv("GROKINTERP_DEMO_RUN", str(demo))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(
-        nb,
+def test_dynamics_notebook(tmp_path, run_notebook):
+    demo = copy_of_demo_run(tmp_path) or tmp_path / "demo"
+    nb = run_notebook(
+        "03_dynamics.ipynb",
         timeout=600,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+        GROKINTERP_DIGITS_RUN=tmp_path / "digits",
+        GROKINTERP_DEMO_RUN=demo,
     )
-    start = time.perf_counter()
-    client.execute()
-    elapsed = time.perf_counter() - start
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not any(o.get("output_type") == "error" for o in outputs)
-    text = "\n".join(o.get("text", "") for o in outputs)
-    n_figures = sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)
-    assert n_figures == 6
+    text = nb.text
+    assert nb.n_figures == 6
     assert "grokking delay" in text and "phases: descent=" in text
     assert "robustness   skipped: PGD robustness needs vector inputs" in text
     for name in ("rank", "complexity", "norms", "robustness"):
@@ -56,5 +27,5 @@ def test_dynamics_notebook(tmp_path, monkeypatch):
     # A clear delay on the preset: test accuracy half-way ≥ 3x later than the train set is fitted.
     delay = float(text.split("test half-way / train fitted = ")[1].split("x")[0])
     assert delay >= 3.0
-    print(f"notebook executed in {elapsed:.0f} s")
-    assert elapsed < 300  # ≤ 3 min on a quiet 2-core machine; headroom for a shared one
+    print(f"notebook executed in {nb.elapsed:.0f} s")
+    assert nb.elapsed < 300  # ≤ 3 min on a quiet 2-core machine; headroom for a shared one

@@ -1,32 +1,9 @@
 """Execute notebooks/02_tickets.ipynb end to end (reduced budget), as users would run it."""
 
-from __future__ import annotations
-
-from pathlib import Path
-
 import pytest
-
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_tickets.ipynb"
 
 
 @pytest.mark.slow
-def test_tickets_notebook_executes(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("GROKINTERP_FAST", "1")
-    monkeypatch.setenv("GROKINTERP_NB_OUT", str(tmp_path / "runs"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(
-        nb,
-        timeout=300,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-    )
-    client.execute()
-    text = "\n".join(
-        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-    )
-    assert "fast mode" in text and "ticket post-generalization" in text
-    assert (tmp_path / "runs" / "parent" / "run.json").is_file()
-    assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+def test_tickets_notebook_executes(tmp_path, run_notebook):
+    nb = run_notebook("02_tickets.ipynb", GROKINTERP_FAST="1", GROKINTERP_NB_OUT=tmp_path / "runs")
+    assert "fast mode" in nb.text and "ticket post-generalization" in nb.text

@@ -43,7 +43,6 @@ import socket
 import tempfile
 import threading
 import time
-import tomllib
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -59,7 +58,7 @@ from grokinterp.analysis.phases import (
     classify_metrics,
     validate_phase_params,
 )
-from grokinterp.config import GrokinterpError, RunConfig, apply_overrides
+from grokinterp.config import GrokinterpError, RunConfig, apply_overrides, parse_value
 from grokinterp.report.sweep import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
@@ -104,16 +103,6 @@ class GridAxis:
         return {"key": self.key, "values": list(self.values), "labels": list(self.labels)}
 
 
-def _parse_value(text: str) -> Any:
-    """A grid value as TOML (numbers, bools, lists, quoted strings); bare words stay strings."""
-    if text.lower() in ("none", "null"):
-        return None
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def _split_values(text: str) -> list[str]:
     """Split at commas that are not inside brackets or quotes (``betas=[0.9,0.98],[0.9,0.99]``)."""
     parts, depth, quote, cur = [], 0, None, []
@@ -151,7 +140,7 @@ def parse_grid(spec: str | GridAxis) -> GridAxis:
         raise GrokinterpError(f"--grid {spec!r} has an empty value; give v1,v2,... after '='")
     if len(set(labels)) != len(labels):
         raise GrokinterpError(f"--grid {spec!r} repeats a value")
-    return GridAxis(key, tuple(_parse_value(lab) for lab in labels), tuple(labels))
+    return GridAxis(key, tuple(parse_value(lab) for lab in labels), tuple(labels))
 
 
 def parse_seeds(spec: str | Sequence[int] | None) -> list[int] | None:
