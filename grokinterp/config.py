@@ -272,5 +272,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         _check(parts[1] in names, f"unknown key {key!r}; valid: {', '.join(sorted(names))}")
         if parts[1] == "betas":
             value = tuple(value)
+        if value is None and isinstance(getattr(section, parts[1]), str):
+            value = text.strip()  # "none" is a word for string options (model.normalization=none)
         setattr(section, parts[1], value)
     return RunConfig.from_dict(cfg.to_dict())

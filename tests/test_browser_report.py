@@ -15,21 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from grokinterp.report.html import build_report, find_chromium
+from grokinterp.report.html import CHROMIUM_FLAGS, build_report, find_chromium
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+FLAGS = list(CHROMIUM_FLAGS)
 
 # Per plot: does it have an SVG, and how many drawn data elements.
 PLOT_STATE_JS = """
@@ -139,14 +131,7 @@ def test_tiny_report_renders_every_plot_offline(tmp_path, tiny_config):
     assert (ARTIFACTS / "tiny_report_section.png").stat().st_size > 10_000
 
 
-def test_demo_report_screenshots(tmp_path):
-    """The `make run` demo report (``checkpoints/demo``, or ``$GROKINTERP_DEMO_RUN``) if that run
-    exists: rendered from its cached analyses into a temporary file (nothing is written into the
-    run), screenshots in artifacts/demo_report_*."""
-    _chromium()
-    demo = Path(os.environ.get("GROKINTERP_DEMO_RUN", ROOT / "checkpoints" / "demo"))
-    if not (demo / "run.json").is_file():
-        pytest.skip(f"{demo} holds no run; `make run` creates checkpoints/demo")
+def _screenshot_demo(demo: Path, tmp_path: Path) -> None:
     result = build_report(demo, tmp_path / "demo.html", recompute=False)
     section = next(
         (s.key for s in result.sections if s.key != "training" and s.status == "ok"), "training"
@@ -154,6 +139,31 @@ def test_demo_report_screenshots(tmp_path):
     state = render_in_chromium(result.html_path, "demo_report", section)
     _assert_rendered(state, result.n_figures)
     shutil.copy(result.html_path, ARTIFACTS / "demo_report.html")
+
+
+def test_demo_report_screenshots(tmp_path):
+    """The `make run` demo report (``checkpoints/demo``, or ``$GROKINTERP_DEMO_RUN``) if that run
+    exists: rendered from its cached analyses into a temporary file (nothing is written into the
+    run), screenshots in artifacts/demo_report_*."""
+    _chromium()
+    demo = Path(os.environ.get("GROKINTERP_DEMO_RUN", ROOT / "checkpoints" / "demo"))
+    if not (demo / "run.json").is_file():
+        pytest.skip(f"{demo} holds no run; `make run` creates it (test-slow trains one itself)")
+    _screenshot_demo(demo, tmp_path)
+
+
+@pytest.mark.slow  # trains the demo (about a minute): run by `make test-slow`
+def test_demo_report_screenshots_from_the_main_job(tmp_path):
+    """On a clean clone: `grokinterp run` (train → analyze → report) into a temporary folder,
+    then the same rendering checks and screenshots as above."""
+    _chromium()
+    from typer.testing import CliRunner
+
+    from grokinterp.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "demo"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    _screenshot_demo(tmp_path / "demo", tmp_path)
 
 
 @pytest.mark.slow  # printing and kaleido start extra browsers: run by `make test-slow`

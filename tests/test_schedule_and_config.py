@@ -65,11 +65,13 @@ def test_bad_overrides_are_named(override, match):
 def test_overrides_parse_types():
     cfg = apply_overrides(
         load_preset("demo"),
-        ["train.steps=7", "task.p=13", "train.batch_size=none", "model.act_fn=gelu"],
+        [
+            "train.steps=7",
+            "task.p=13",
+            "train.batch_size=none",
+            "model.act_fn=gelu",
+            "model.normalization=none",
+        ],
     )
-    assert (
-        cfg.train.steps == 7
-        and cfg.task.params["p"] == 13
-        and cfg.train.batch_size is None
-        and cfg.model.act_fn == "gelu"
-    )
+    assert cfg.train.steps == 7 and cfg.task.params["p"] == 13 and cfg.train.batch_size is None
+    assert cfg.model.act_fn == "gelu" and cfg.model.normalization == "none"

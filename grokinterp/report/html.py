@@ -541,6 +541,16 @@ def build_report(
 # ----------------------------------------------------------------------------- static export
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+# Headless, offline, no first-run or background traffic (this machine's network is closed).
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
 NO_BROWSER = (
     "needs a system Chromium or Chrome (Debian/Ubuntu: apt-get install chromium), or set "
     "GROKINTERP_CHROMIUM=/path/to/chrome; grokinterp never downloads a browser"
@@ -583,13 +593,7 @@ def export_pdf(html_path: str | Path, pdf_path: str | Path, timeout: float = 240
     with tempfile.TemporaryDirectory(prefix="grokinterp-chromium-") as profile:
         cmd = [
             chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
+            *CHROMIUM_FLAGS,
             f"--user-data-dir={profile}",
             "--no-pdf-header-footer",
             "--virtual-time-budget=5000",  # let plotly finish drawing before printing
