@@ -7,27 +7,17 @@ import torch
 from typer.testing import CliRunner
 
 from grokinterp.cli import app
-from grokinterp.config import GrokinterpError, apply_overrides, load_preset
+from grokinterp.config import GrokinterpError, apply_overrides
 from grokinterp.store import Run
 from grokinterp.training import train
 from grokinterp.training.multiseed import parse_seeds, seed_dir, train_seeds
-
-TINY = [
-    "task.p=11",
-    "model.d_model=16",
-    "model.n_heads=2",
-    "model.d_head=8",
-    "model.d_mlp=32",
-    "train.steps=30",
-    "train.eval_every=5",
-    "train.checkpoint_every=10",
-    "train.checkpoint_log_steps=3",
-    "train.early_stop_acc=none",
-]
+from tests.conftest import TINY_OVERRIDES
+from tests.conftest import tiny as tiny_config_with
 
 
 def tiny(extra: list[str] | None = None):
-    return apply_overrides(load_preset("demo"), TINY + (extra or []))
+    # the shared tiny config, with 3 log-spaced checkpoints as these tests expect
+    return tiny_config_with(["train.checkpoint_log_steps=3", *(extra or [])])
 
 
 def test_parse_seeds():
@@ -123,7 +113,7 @@ def test_resume_and_fallbacks(tmp_path):
 def test_cli_seeds(tmp_path):
     out = tmp_path / "cli"
     args = ["train", "--preset", "demo", "--out", str(out), "-q", "--seeds", "0-1"]
-    args += [a for s in TINY for a in ("--set", s)]
+    args += [a for s in [*TINY_OVERRIDES, "train.checkpoint_log_steps=3"] for a in ("--set", s)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["seed0", "seed1"]

@@ -155,13 +155,14 @@ def over_training(
 
     if todo:
         rows: dict[str, list[dict[str, torch.Tensor]]] = {n: [] for n in todo}
-        model = None
+        model, model_keys = None, None
         for step in tqdm(
             steps, desc=f"analyze {', '.join(todo)}", disable=not progress, leave=False
         ):
             state = run.load_state(step)
-            if model is None or set(state) != set(model.state_dict()):
+            if model is None or state.keys() != model_keys:  # a new layout (embedding merge)
                 model = run.model(step)
+                model_keys = model.state_dict().keys()
             else:
                 model.load_state_dict(state)
             with torch.no_grad():

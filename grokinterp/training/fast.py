@@ -382,6 +382,23 @@ def per_seed_loss(kind: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Ten
     return flat.view(s, n).mean(1)
 
 
+def metrics_row(trainer: Any, vals: list[float]) -> dict[str, Any]:
+    """The eager trainer's metrics row from summed [train loss, train correct, test loss,
+    test correct, L2 norm, L1 norm] read back from the device in one transfer."""
+    n_tr, n_te = len(trainer.y_train), len(trainer.y_test)
+    return {
+        "step": trainer.step,
+        "train_loss": vals[0] / n_tr,
+        "train_acc": round(vals[1]) / n_tr,
+        "test_loss": vals[2] / n_te,
+        "test_acc": round(vals[3]) / n_te,
+        "weight_norm_l2": vals[4],
+        "weight_norm_l1": vals[5],
+        "lr": trainer.opt.param_groups[0]["lr"],
+        "wall_time": round(trainer.wall, 4),
+    }
+
+
 def per_seed_norms(params: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-seed global L2 and L1 norms ``([S], [S])`` of stacked parameters ``[S, ...]``."""
     l2, l1 = [], []
@@ -840,18 +857,7 @@ class FastTrainer(_Trainer):
         train_sum, test_sum = torch.stack(sums[:k]).sum(0), torch.stack(sums[k:]).sum(0)
         l2, l1 = per_seed_norms(p.unsqueeze(0) for p in self.params)
         vals = torch.cat([train_sum, test_sum, l2, l1]).double().tolist()
-        n_tr, n_te = len(self.y_train), len(self.y_test)
-        return {
-            "step": self.step,
-            "train_loss": vals[0] / n_tr,
-            "train_acc": round(vals[1]) / n_tr,
-            "test_loss": vals[2] / n_te,
-            "test_acc": round(vals[3]) / n_te,
-            "weight_norm_l2": vals[4],
-            "weight_norm_l1": vals[5],
-            "lr": self.opt.param_groups[0]["lr"],
-            "wall_time": round(self.wall, 4),
-        }
+        return metrics_row(self, vals)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> None:

@@ -46,6 +46,7 @@ from grokinterp.training.fast import (
     eager_optimizer_state,
     graph_blockers,
     make_fast_optimizer,
+    metrics_row,
     per_seed_loss,
     per_seed_norms,
     submit_checkpoint,
@@ -291,22 +292,7 @@ class _MultiSeedTrainer:
             sums[split, 1] += (logits.argmax(-1) == y).sum(1).double()
         l2, l1 = per_seed_norms(self.plist)
         vals = torch.cat([sums.flatten(0, 1), l2.double()[None], l1.double()[None]]).T.tolist()
-        n_tr, n_te = len(self.y_train), len(self.y_test)
-        lr = self.opt.param_groups[0]["lr"]
-        return [
-            {
-                "step": self.step,
-                "train_loss": v[0] / n_tr,
-                "train_acc": round(v[1]) / n_tr,
-                "test_loss": v[2] / n_te,
-                "test_acc": round(v[3]) / n_te,
-                "weight_norm_l2": v[4],
-                "weight_norm_l1": v[5],
-                "lr": lr,
-                "wall_time": round(self.wall, 4),
-            }
-            for v in vals
-        ]
+        return [metrics_row(self, v) for v in vals]
 
     def _seed_state(self, i: int, opt_state: dict[str, Any], above: int) -> dict[str, Any]:
         """Seed ``i``'s resume state in the eager trainer's ``state/latest.pt`` format."""

@@ -18,6 +18,7 @@ from plotly.subplots import make_subplots
 
 from grokinterp.analysis.fourier_training import grokking_window
 from grokinterp.config import GrokinterpError
+from grokinterp.report.figures._results import as_array, result, result_steps
 
 __all__ = [
     "fourier_gini_figure",
@@ -37,26 +38,15 @@ LOSS_STYLE = {
 
 
 def _np(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
+    return as_array(x)
 
 
 def _get(results: Mapping[str, Any], key: str) -> np.ndarray:
-    for k in (PREFIX + key, key):
-        if k in results:
-            return _np(results[k])
-    raise GrokinterpError(
-        f"results lack {PREFIX + key!r}; pass the output of over_training(run, ['fourier'])"
-    )
+    return result(results, "fourier", key)
 
 
 def _steps(results: Mapping[str, Any]) -> np.ndarray:
-    if "steps" not in results:
-        raise GrokinterpError(
-            "results lack 'steps'; pass the output of over_training(run, ['fourier'])"
-        )
-    return _np(results["steps"]).astype(float)
+    return result_steps(results, "fourier")
 
 
 def fourier_spectrum_figure(

@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from grokinterp.config import GrokinterpError
+from grokinterp.report.figures._results import as_array, result, result_steps
 
 __all__ = [
     "transfer_spectra_figure",
@@ -34,7 +35,6 @@ __all__ = [
     "norm_trajectory_figure",
 ]
 
-PREFIX = "transfer/"
 COLORS = {
     "weak": "#7f7f7f",
     "init": "#ff7f0e",
@@ -48,24 +48,15 @@ COLORS = {
 
 
 def _np(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=float)
+    return as_array(x, float)
 
 
 def _get(results: Mapping[str, Any], key: str) -> np.ndarray:
-    for k in (PREFIX + key, key):
-        if k in results:
-            return _np(results[k])
-    raise GrokinterpError(
-        f"results lack {PREFIX + key!r}; pass the output of over_training(run, ['transfer'])"
-    )
+    return result(results, "transfer", key, float)
 
 
 def _steps(results: Mapping[str, Any]) -> np.ndarray:
-    if "steps" not in results:
-        raise GrokinterpError("results lack 'steps'; pass over_training(run, ['transfer'])")
-    return _np(results["steps"])
+    return result_steps(results, "transfer")
 
 
 def _index(steps: np.ndarray, at: int | None) -> int:
