@@ -23,6 +23,7 @@ All three start from the same initial weights (``train.seed``) and the same spli
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -40,8 +41,9 @@ import torch.nn.functional as F
 from grokinterp.config import RunConfig, apply_overrides, load_preset
 from grokinterp.store import Run, first_step_reaching
 from grokinterp.tasks import make_task
-from grokinterp.training import train
-from grokinterp.training.fast import FastTrainer
+from grokinterp.training import fast as fast_engine
+from grokinterp.training import multiseed, train
+from grokinterp.training.fast import FastTrainer, matmul_precision
 from grokinterp.training.multiseed import _MultiSeedTrainer, seed_config
 from grokinterp.training.optim import warmup_factor
 from grokinterp.training.trainer import _initial_model, _Trainer
@@ -144,6 +146,11 @@ def interleaved(
     }
 
 
+def tf32_call(fn: Callable[[], None]) -> None:
+    with matmul_precision(True):
+        fn()
+
+
 def fast_variant(cfg: RunConfig, **kw) -> Callable[[], None]:
     """A FastTrainer's step with options: graph=False, gemm_backward=bool, tf32=True."""
     if kw.get("tf32"):
@@ -173,6 +180,7 @@ def bench_step(args) -> dict:
             fns["fast_no_graph"] = fast_variant(cfg, graph=False)
             fns["fast_index_add"] = fast_variant(cfg, gemm_backward=False)
             fns["fast_tf32"] = fast_variant(cfg, tf32=True)
+            fns["plain_tf32"] = lambda p=plain: tf32_call(p.train_step)
         else:
             fns["fast_gemm_backward"] = fast_variant(cfg, gemm_backward=True)
         steps = args.steps or (50 if args.device == "cuda" else (10 if preset == "demo" else 3))
@@ -196,22 +204,26 @@ def bench_step(args) -> dict:
 
 
 def bench_compile(args) -> dict:
-    """Does torch.compile of the fast forward+loss pay on top of the CUDA graph?"""
-    cfg = config_for("nanda2023", "cuda")
-    base = FastTrainer(cfg, OUT / "unused", progress=False)
-    comp = FastTrainer(cfg, OUT / "unused", progress=False)
-    comp.fast.logits = torch.compile(comp.fast.logits, dynamic=False)
-    start = time.perf_counter()
-    for _ in range(15):  # compile + warm-up + capture
-        comp.train_step()
-    torch.cuda.synchronize()
-    compile_s = time.perf_counter() - start
-    r = interleaved({"graph": base.train_step, "graph+compile": comp.train_step}, "cuda", 50, 5, 15)
-    r["compile_and_capture_s"] = compile_s
-    print(
-        f"\n[compile] graph {1e3 * r['graph']:.3f} ms, graph+compile {1e3 * r['graph+compile']:.3f}"
-        f" ms/step; compile+capture took {compile_s:.1f} s"
-    )
+    """Does ``train.compile`` (torch.compile of the training loss) pay on top of the CUDA graph?"""
+    fns, compile_s = {}, {}
+    for tag, extra in {
+        "graph": [],
+        "graph+compile": ["train.compile=true"],
+        "graph+tf32": ["train.tf32=true"],
+        "graph+tf32+compile": ["train.tf32=true", "train.compile=true"],
+    }.items():
+        t = FastTrainer(config_for("nanda2023", "cuda", extra), OUT / "unused", progress=False)
+        start = time.perf_counter()
+        for _ in range(15):  # (compile +) warm-up + capture
+            t.train_step()
+        torch.cuda.synchronize()
+        compile_s[tag] = time.perf_counter() - start
+        fns[tag] = t.train_step
+    r = interleaved(fns, "cuda", 50, 5, 15)
+    r["first_15_steps_s"] = compile_s
+    print("\n[compile, nanda2023] ms/step (first 15 steps incl. compile and capture)")
+    for k in fns:
+        print(f"  {k:20s} {1e3 * r[k]:8.3f} ms  ({compile_s[k]:.1f} s)")
     return r
 
 
@@ -224,7 +236,8 @@ def bench_grok(args) -> dict:
     res: dict = {}
     if args.device == "cuda":  # CUDA context and cuBLAS handles: paid before either clock starts
         (torch.randn(64, 64, device="cuda") @ torch.randn(64, 64, device="cuda")).sum().item()
-    # fast engine through the public API, with its dense checkpoints
+    # the fast engine through the public API: with its dense checkpoints (as a user runs it),
+    # and with checkpoints only at 0 and the end (the same work as the plain loop)
     fast_cfg = apply_overrides(
         cfg,
         [
@@ -234,26 +247,28 @@ def bench_grok(args) -> dict:
             f"train.steps={args.max_steps}",
         ],
     )
+    no_ckpt = ["train.checkpoint_every=1000000", "train.checkpoint_log_steps=0"]
+    variants = {
+        "fast": [],
+        "fast_no_ckpt": no_ckpt,
+        "fast_tf32": ["train.tf32=true"],
+        "fast_tf32_no_ckpt": ["train.tf32=true", *no_ckpt],
+    }
+    if args.device != "cuda" or not args.grok_tf32:
+        variants = {k: v for k, v in variants.items() if "tf32" not in k}
     out = OUT / "grok_fast"
-    shutil.rmtree(out, ignore_errors=True)
-    sync(args.device)
-    start = time.perf_counter()
-    run = train(fast_cfg, out, progress=False)
-    sync(args.device)
-    res["fast_s"] = time.perf_counter() - start
-    res["fast_step"] = first_step_reaching(run, "test_acc", 0.99)
-    res["fast_checkpoints"] = len(run.steps)
-    print(f"fast : 99% test acc at step {res['fast_step']} after {res['fast_s']:.1f} s (all in)")
-    if args.device == "cuda" and args.grok_tf32:
+    for name, extra in variants.items():
         shutil.rmtree(out, ignore_errors=True)
-        start = time.perf_counter()
-        run = train(apply_overrides(fast_cfg, ["train.tf32=true"]), out, progress=False)
         sync(args.device)
-        res["fast_tf32_s"] = time.perf_counter() - start
-        res["fast_tf32_step"] = first_step_reaching(run, "test_acc", 0.99)
+        start = time.perf_counter()
+        run = train(apply_overrides(fast_cfg, extra), out, progress=False)
+        sync(args.device)
+        res[f"{name}_s"] = time.perf_counter() - start
+        res[f"{name}_step"] = first_step_reaching(run, "test_acc", 0.99)
+        res[f"{name}_checkpoints"] = len(run.steps)
         print(
-            f"fast+tf32: 99% test acc at step {res['fast_tf32_step']} after "
-            f"{res['fast_tf32_s']:.1f} s (all in)"
+            f"{name:18s}: 99% test acc at step {res[f'{name}_step']} after "
+            f"{res[f'{name}_s']:.2f} s (all in, {len(run.steps)} checkpoints)"
         )
     for name in args.grok_baselines:
         sync(args.device)
@@ -273,16 +288,14 @@ def bench_grok(args) -> dict:
         sync(args.device)
         res[f"{name}_s"] = time.perf_counter() - start
         res[f"{name}_step"] = step
-        res[f"time_ratio_{name}_over_fast"] = res[f"{name}_s"] / res["fast_s"]
-        res[f"step_ratio_fast_over_{name}"] = (res["fast_step"] or 0) / (step or float("nan"))
-        if "fast_tf32_s" in res:
-            res[f"time_ratio_{name}_over_fast_tf32"] = res[f"{name}_s"] / res["fast_tf32_s"]
-            print(f"       fast+tf32 is ×{res[f'time_ratio_{name}_over_fast_tf32']:.1f} sooner")
-        print(
-            f"{name:5s}: 99% test acc at step {step} after {res[name + '_s']:.1f} s → "
-            f"fast is ×{res[f'time_ratio_{name}_over_fast']:.1f} sooner; grokking step ratio "
-            f"{res[f'step_ratio_fast_over_{name}']:.3f}"
-        )
+        print(f"{name:18s}: 99% test acc at step {step} after {res[name + '_s']:.2f} s")
+        for v in variants:
+            res[f"time_ratio_{name}_over_{v}"] = res[f"{name}_s"] / res[f"{v}_s"]
+            res[f"step_ratio_{v}_over_{name}"] = (res[f"{v}_step"] or 0) / (step or float("nan"))
+            print(
+                f"    {v:18s} is ×{res[f'time_ratio_{name}_over_{v}']:.2f} sooner; grokking "
+                f"step ratio {res[f'step_ratio_{v}_over_{name}']:.3f}"
+            )
     return res
 
 
@@ -292,8 +305,9 @@ def bench_grok(args) -> dict:
 def bench_seeds(args) -> dict:
     """Step time of S stacked seeds vs one seed (fast engine both)."""
     res = {}
-    for tf32 in args.tf32_modes:
-        extra = ["train.tf32=true"] if tf32 else []
+    modes = [(tf32, comp) for comp in args.compile_modes for tf32 in args.tf32_modes]
+    for tf32, comp in modes:
+        extra = (["train.tf32=true"] if tf32 else []) + (["train.compile=true"] if comp else [])
         cfg = config_for(args.seed_preset, args.device, extra)
         fns = {}
         for s in args.seeds:
@@ -303,7 +317,7 @@ def bench_seeds(args) -> dict:
             fns[f"S={s}"] = lambda t=t: (t.runner.step(t.step), setattr(t, "step", t.step + 1))
         r = interleaved(fns, args.device, args.steps or 30, args.rounds, warmup=15)
         one = r[f"S={args.seeds[0]}"] / args.seeds[0]
-        tag = "tf32" if tf32 else "fp32"
+        tag = ("tf32" if tf32 else "fp32") + ("+compile" if comp else "")
         print(f"\n[{args.seed_preset} seeds on {args.device}, {tag}] ms per step of all S seeds")
         for s in args.seeds:
             t_s = r[f"S={s}"]
@@ -327,26 +341,56 @@ def seeds_end_to_end(args) -> dict:
     cfg = config_for(
         args.seed_preset,
         args.device,
-        [f"train.steps={args.e2e_steps}", "train.early_stop_acc=none"],
+        [f"train.steps={args.e2e_steps}", "train.early_stop_acc=none", *args.e2e_set],
     )
     shutil.rmtree(OUT / "e2e", ignore_errors=True)
     sync(args.device)
     start = time.perf_counter()
     train(apply_overrides(cfg, ["train.engine=fast"]), OUT / "e2e" / "one", progress=False)
     one = time.perf_counter() - start
-    start = time.perf_counter()
-    runs = train_seeds(cfg, list(range(s)), OUT / "e2e" / "many", progress=False)
-    many = time.perf_counter() - start
-    size = sum(r.size_bytes() for r in runs)
-    print(
-        f"\n[end to end, {args.e2e_steps} steps, dense checkpoints] 1 seed {one:.1f} s; {s} seeds "
-        f"{many:.1f} s = ×{many / one:.2f}; {size / 1e9:.2f} GB written"
-    )
+    res = {"one_s": one, "S": s}
+    for threads in args.e2e_writer_threads:
+        multiseed.WRITER_THREADS = threads
+        shutil.rmtree(OUT / "e2e" / "many", ignore_errors=True)
+        start = time.perf_counter()
+        runs = train_seeds(cfg, list(range(s)), OUT / "e2e" / "many", progress=False)
+        many = time.perf_counter() - start
+        size = sum(r.size_bytes() for r in runs)
+        print(
+            f"\n[end to end, {args.e2e_steps} steps, dense checkpoints, {threads} writer threads] "
+            f"1 seed {one:.1f} s; {s} seeds {many:.1f} s = ×{many / one:.2f}; "
+            f"{size / 1e9:.2f} GB written"
+        )
+        res[f"writers_{threads}"] = {"many_s": many, "ratio": many / one, "bytes": size}
     shutil.rmtree(OUT / "e2e", ignore_errors=True)
-    return {"one_s": one, "many_s": many, "S": s, "ratio": many / one, "bytes": size}
+    return res
 
 
 # ----------------------------------------------------------------------------- (d) checkpoints
+
+
+@contextlib.contextmanager
+def no_disk_writes(enabled: bool):
+    """The fast engine's checkpoints without the files (snapshot and wait only, steps 0 and
+    last still written): separates the writer thread's cost from the training thread's."""
+    if not enabled:
+        yield
+        return
+    real = fast_engine.write_checkpoint
+    calls = [0]
+
+    def snapshot_only(out, step, weights, state, event, newest_state=None):
+        calls[0] += 1
+        if calls[0] == 1:
+            return real(out, step, weights, state, event, newest_state)
+        if event is not None:
+            event.synchronize()
+
+    fast_engine.write_checkpoint = snapshot_only
+    try:
+        yield
+    finally:
+        fast_engine.write_checkpoint = real
 
 
 def bench_ckpt(args) -> dict:
@@ -358,26 +402,36 @@ def bench_ckpt(args) -> dict:
         "none": ["train.checkpoint_every=1000000", "train.checkpoint_log_steps=0"],
         "dense": [],
         "dense_fp16": ["train.checkpoint_dtype=float16"],
+        "dense_no_disk": [],  # snapshots taken, files not written: the writer thread's share
+        "dense_device_snapshot": [],  # fast.SNAPSHOT_TO = "device" instead of "pinned"
     }
     engines = ["fast"] if args.device == "cuda" else ["fast", "eager"]
     res: dict = {}
     for engine in engines:
-        times: dict[str, list[float]] = {k: [] for k in variants}
+        names = [k for k in variants if engine == "fast" or k in ("none", "dense", "dense_fp16")]
+        if args.device != "cuda":
+            names = [k for k in names if k != "dense_device_snapshot"]
+        times: dict[str, list[float]] = {k: [] for k in names}
         info, host = {}, {}
         warm = apply_overrides(base, [f"train.engine={engine}", "train.steps=20"])
         train(warm, OUT / "ckpt_warm", overwrite=True, progress=False)  # imports, allocator, JIT
         for _ in range(args.rounds):
-            for k, extra in variants.items():
-                cfg = apply_overrides(base, [f"train.engine={engine}", *extra])
+            for k in names:
+                cfg = apply_overrides(base, [f"train.engine={engine}", *variants[k]])
                 out = OUT / f"ckpt_{k}"
                 shutil.rmtree(out, ignore_errors=True)
                 LAST_HOST_SECONDS.clear()
                 sync(args.device)
                 start = time.perf_counter()
-                run = train(cfg, out, progress=False)
+                fast_engine.SNAPSHOT_TO = "device" if k == "dense_device_snapshot" else "pinned"
+                with no_disk_writes(enabled=k == "dense_no_disk"):
+                    run = train(cfg, out, progress=False)
+                fast_engine.SNAPSHOT_TO = "pinned"
                 sync(args.device)
                 times[k].append(time.perf_counter() - start)
                 host[k] = dict(LAST_HOST_SECONDS)  # empty for the eager engine
+                if k == "dense_no_disk":
+                    continue
                 step_files = [run.step_path(s) for s in run.steps]
                 info[k] = {
                     "checkpoints": len(step_files),
@@ -387,11 +441,13 @@ def bench_ckpt(args) -> dict:
         r = {k: statistics.median(v) for k, v in times.items()}
         r["overhead_dense"] = r["dense"] / r["none"] - 1
         r["overhead_dense_fp16"] = r["dense_fp16"] / r["none"] - 1
+        for k in names[1:]:
+            r[f"overhead_{k}"] = r[k] / r["none"] - 1
         r["info"] = info
         r["training_thread_s"] = host
         res[engine] = r
         print(f"\n[{preset}, {steps} steps, {engine} engine on {args.device}]")
-        for k in variants:
+        for k in info:
             print(
                 f"  {k:11s} {r[k]:7.2f} s  {info[k]['checkpoints']:4d} checkpoints of "
                 f"{info[k]['bytes_per_checkpoint'] / 1e3:.1f} kB (+ latest.pt "
@@ -399,7 +455,9 @@ def bench_ckpt(args) -> dict:
             )
         print(
             f"  overhead of dense checkpoints: {100 * r['overhead_dense']:.1f}% (float32), "
-            f"{100 * r['overhead_dense_fp16']:.1f}% (float16); training-thread seconds "
+            f"{100 * r['overhead_dense_fp16']:.1f}% (float16); "
+            + ", ".join(f"{k} {100 * r[f'overhead_{k}']:.1f}%" for k in names[3:])
+            + "; training-thread seconds "
             f"{json.dumps({k: {a: round(b, 3) for a, b in v.items()} for k, v in host.items()})}"
         )
     return res
@@ -461,8 +519,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--seed-preset", default="nanda2023")
     ap.add_argument("--tf32-modes", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--compile-modes", type=int, nargs="+", default=[0])
     ap.add_argument("--end-to-end", action="store_true", help="seeds: also train_seeds() runs")
     ap.add_argument("--e2e-steps", type=int, default=1000)
+    ap.add_argument("--e2e-set", nargs="*", default=[], help="seeds --end-to-end: overrides")
+    ap.add_argument("--e2e-writer-threads", type=int, nargs="+", default=[1])
     ap.add_argument("--ckpt-preset", default="nanda2023")
     ap.add_argument("--ckpt-steps", type=int, default=3000)
     ap.add_argument("--run", default="checkpoints/bench_demo")

@@ -281,7 +281,7 @@ def transfer_cmd(
         None,
         "--weak-at",
         help="Checkpoint of E_W: STEP, acc=X (first checkpoint with test acc ≥ X), best, final "
-        "[default: acc=0.3; acc=0.25 with --cpu].",
+        "[default: acc=0.3 for token targets, final for mlp targets; acc=0.25 with --cpu].",
     ),
     merge_at: int = typer.Option(
         None, "--merge-at", help="Fold A·B into a full W_E after this step."
@@ -307,20 +307,30 @@ def transfer_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing target runs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """GrokTransfer (Xu et al. 2025): initialise a target's embedding A·B with A = a weak model's E_W."""
+    """GrokTransfer (Xu et al. 2025): initialise a target's embedding A·B with A = a weak model's E_W.
+
+    Token targets (transformer, embed_mlp) take a token weak model's embedding; an mlp target
+    (XOR-cluster data: --weak groktransfer-weak-xor --target groktransfer-xor) takes the first
+    layer W_in of an mlp weak model as A for its factorized first layer.
+    """
     from grokinterp.experiments import transfer as gt
 
     if grokfast and not compare:
         raise GrokinterpError("--grokfast adds the Grokfast-EMA target to --compare; pass both")
     if compare and random_a:
         raise GrokinterpError("--compare already trains the random-A ablation; drop --random-a")
+    if cpu and gt.resolve_config(target, overrides or []).model.name == "mlp":
+        raise GrokinterpError(
+            "--cpu sets CPU-sized mod-add settings; the XOR presets are CPU-sized already "
+            "(groktransfer-xor: dimension 2000); drop --cpu"
+        )
     t_over = [*(gt.CPU_TARGET_OVERRIDES if cpu else []), *(overrides or [])]
     w_over = [*(gt.CPU_WEAK_OVERRIDES if cpu else []), *(weak_overrides or [])]
     if cpu and Path(weak, "run.json").is_file():
         w_over = list(weak_overrides or [])  # an existing weak run is used as it is
     out = out or Path("checkpoints") / f"groktransfer-{Path(target).stem}{'-cpu' if cpu else ''}"
-    weak_at = weak_at or (gt.CPU_WEAK_AT if cpu else "acc=0.3")
-    at = int(weak_at) if weak_at.strip().isdigit() else weak_at
+    weak_at = weak_at or (gt.CPU_WEAK_AT if cpu else None)  # None: by the target's model
+    at = int(weak_at) if weak_at and weak_at.strip().isdigit() else weak_at
     if not compare:
         run = gt.transfer(
             weak,

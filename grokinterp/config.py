@@ -103,8 +103,11 @@ class TrainConfig:
     # Training engine (grokinterp.training.fast): "fast" = functional forward on token tables,
     # fused AdamW, CUDA graph, async checkpoints (same function, float rounding aside); "auto"
     # = fast on CUDA, eager on CPU. tf32: TF32 matmuls on CUDA (faster, ~1e-3 rel. error).
+    # compile: torch.compile the fast engine's training loss on CUDA (fuses the elementwise
+    # work; costs a compilation at start, so it pays only for long or many-seed runs).
     engine: str = "auto"  # auto | eager | fast
     tf32: bool = False
+    compile: bool = False
 
 
 @dataclass

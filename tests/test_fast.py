@@ -18,6 +18,7 @@ from grokinterp.training.fast import (
     gather_rows,
     make_gather,
     materialize,
+    matmul_precision,
     per_seed_loss,
     resolve_engine,
     to_host,
@@ -52,10 +53,12 @@ def tiny(extra: list[str] | None = None):
     return apply_overrides(load_preset("demo"), TINY + (extra or []))
 
 
-def mlp_config():
+def mlp_config(factorized: bool = False):
     d = load_preset("demo").to_dict()
     d["task"] = {"name": "xor_cluster", "params": {"dimension": 8, "n_train": 40, "n_test": 30}}
     d["model"].update(name="mlp", d_mlp=24, n_layers=2)
+    if factorized:  # GrokTransfer's factorized first layer W_A @ W_B
+        d["model"].update(embedding="factorized", embed_rank=3)
     d["train"]["early_stop_acc"] = None
     return RunConfig.from_dict(d)
 
@@ -68,10 +71,13 @@ def _setup(cfg):
     return task, model, ff
 
 
-@pytest.mark.parametrize("name", [*VARIANTS, "mlp"])
+@pytest.mark.parametrize("name", [*VARIANTS, "mlp", "mlp_factorized"])
 @pytest.mark.parametrize("gemm_backward", [False, True])
 def test_fast_forward_and_gradients_match_module(name, gemm_backward):
-    cfg = mlp_config() if name == "mlp" else tiny(VARIANTS[name])
+    if name.startswith("mlp"):
+        cfg = mlp_config(factorized=name == "mlp_factorized")
+    else:
+        cfg = tiny(VARIANTS[name])
     task, model, ff = _setup(cfg)
     ff.gemm_backward = gemm_backward
     x, y = task.x_train, task.y_train
@@ -207,6 +213,33 @@ def test_engine_option_and_errors():
     w.flush()  # the error is reported once
 
 
+def test_tf32_is_scoped_not_global(tmp_path):
+    # train.tf32 must not leak into other computations of the process (a benchmark once timed
+    # every engine under TF32 because one trainer had switched it on globally)
+    flag = torch.backends.cuda.matmul
+    prev = flag.allow_tf32
+    try:
+        flag.allow_tf32 = False
+        with matmul_precision(True):
+            assert flag.allow_tf32
+            with matmul_precision(False):
+                assert not flag.allow_tf32
+            assert flag.allow_tf32
+        assert not flag.allow_tf32
+        with pytest.raises(ZeroDivisionError), matmul_precision(True):
+            raise ZeroDivisionError
+        assert not flag.allow_tf32  # restored after an error too
+        cfg = apply_overrides(tiny(), ["train.engine=fast", "train.tf32=true", "train.steps=3"])
+        train(cfg, tmp_path / "run", progress=False)
+        assert not flag.allow_tf32
+        # a process-wide TF32 setting does not make the (full-precision) start-up check fail
+        flag.allow_tf32 = True
+        t = FastTrainer(apply_overrides(cfg, ["train.engine=fast"]), tmp_path / "r2", False)
+        assert t.fast is not None
+    finally:
+        flag.allow_tf32 = prev
+
+
 def test_checkpoint_snapshot_is_taken_at_submit_time():
     w = torch.arange(6.0).view(2, 3)
     tree = {
@@ -249,3 +282,16 @@ def test_cuda_graph_engine_matches_eager(tmp_path):
     for _ in range(12):
         t.train_step()
     assert t.runner.graph is not None  # the step runs as one CUDA graph after warm-up
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("options", [["train.compile=true"], ["train.tf32=true"]])
+def test_cuda_compile_and_tf32_match_eager(tmp_path, options):
+    # torch.compile (fused kernels) and TF32 change rounding only: same training, 50 steps
+    cfg = tiny(["train.steps=50", "train.eval_every=5", "train.device=cuda"])
+    eager = train(apply_overrides(cfg, ["train.engine=eager"]), tmp_path / "e", progress=False)
+    fast = train(apply_overrides(cfg, ["train.engine=fast", *options]), tmp_path / "f", False)
+    re, rf = _rows(eager), _rows(fast)
+    for step in re:
+        assert rf[step]["train_loss"] == pytest.approx(re[step]["train_loss"], rel=5e-3), step
+    assert not torch.backends.cuda.matmul.allow_tf32  # TF32 stayed inside the run

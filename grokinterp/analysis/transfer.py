@@ -25,6 +25,14 @@ Transfer from a Weaker Model", ICLR 2025) trains a small model, takes its token 
   embeddings as functions of the token (rows = group elements) after removing the mean over
   tokens, which carries no Fourier information.
 
+**Vector inputs** (the ``mlp`` on XOR-cluster data, the paper's §3): E_W is the weak model's
+first-layer weight ``W_in [input_dim, r]`` and the target's "embedding" its effective first layer
+``W_in [input_dim, d_mlp]`` (``A·B``; :func:`grokinterp.models.first_layer_weight`). There is no
+Fourier structure, so the spectra, key frequencies and overlaps are left out; the subspace
+measures compare the column spaces in input space (rows = input coordinates, not centred; CKA
+centres by definition), and for ``xor_cluster`` ``signal_energy`` is the share of the first
+layer's energy on the two signal coordinates ``x₁, x₂`` (the rest is on the noise coordinates).
+
 The analysis ``"transfer"`` applies to factorized-embedding runs and to runs that
 :mod:`grokinterp.experiments.transfer` marked as GrokTransfer runs (``RunConfig.notes`` starting
 with ``groktransfer {json}``, including the scratch and random-A baselines of a comparison).
@@ -44,7 +52,7 @@ from torch import Tensor
 from grokinterp.analysis import fourier as F
 from grokinterp.analysis.registry import register_analysis
 from grokinterp.config import GrokinterpError
-from grokinterp.models import effective_embedding
+from grokinterp.models import effective_embedding, first_layer_weight
 from grokinterp.store import Run, first_step_reaching, load_tensors
 
 NOTES_PREFIX = "groktransfer "
@@ -63,6 +71,7 @@ __all__ = [
     "principal_angles",
     "subspace_energy",
     "linear_cka",
+    "signal_energy",
     "make_transfer",
     "transfer_summary",
     "transfer_table",
@@ -89,10 +98,10 @@ def transfer_info(run: Run) -> dict[str, Any] | None:
 def transfer_applies(run: Run) -> str | None:
     """None if the ``transfer`` analysis applies to ``run``, else a one-line reason."""
     task, model = run.config.task.name, run.config.model.name
-    if not task.startswith("mod_"):
-        return f"transfer needs a modular-arithmetic task (mod_*), not {task!r}"
-    if model not in ("transformer", "embed_mlp"):
-        return f"transfer needs a token model (transformer, embed_mlp), not {model!r}"
+    if model != "mlp" and not task.startswith("mod_"):
+        return f"transfer needs a modular-arithmetic task (mod_*) or an mlp, not {task!r}"
+    if model not in ("transformer", "embed_mlp", "mlp"):
+        return f"transfer needs a token model (transformer, embed_mlp) or an mlp, not {model!r}"
     if run.config.model.embedding != "factorized" and transfer_info(run) is None:
         return "transfer needs a GrokTransfer run (factorized embedding or groktransfer notes)"
     return None
@@ -130,7 +139,7 @@ def weak_embedding(run: Run, source: str | None = None) -> tuple[Tensor, str]:
             path, _, step = cand.rpartition("@")
             if Path(path, "run.json").is_file() and step.isdigit():
                 state = Run.open(path).load_state(int(step))
-                return effective_embedding(state).float(), f"weak run {path} at step {step}"
+                return first_layer_weight(state).float(), f"weak run {path} at step {step}"
         elif Path(cand).is_file():
             return _embedding_from_file(Path(cand)).float(), cand
         if cand == source:
@@ -319,7 +328,13 @@ def make_transfer(run: Run, weak_embedding_source: str | None = None) -> Any:
     ``|K_T ∩ K_W| / |K_T|`` and ``overlap_expected`` = ``|K_W| / K`` (chance level);
     ``energy_in_weak_keys`` (share of the target's Fourier energy in ``K_W``); ``principal_angles
     [r]``, ``subspace_energy`` and ``cka`` between the (token-centred) E_W and the target embedding.
+
+    For an ``mlp`` (vector inputs) only ``principal_angles``, ``subspace_energy`` and ``cka``
+    between E_W and the target's first layer ``W_in``, plus ``signal_energy`` and
+    ``weak_signal_energy`` on ``xor_cluster`` (module docstring).
     """
+    if run.config.model.name == "mlp":
+        return _first_layer_transfer(run, weak_embedding_source)
     task = run.task()
     p = int(task.p)
     E_W, _ = weak_embedding(run, weak_embedding_source)
@@ -361,6 +376,45 @@ def make_transfer(run: Run, weak_embedding_source: str | None = None) -> Any:
     return at_step
 
 
+def signal_energy(W: Tensor, n_signal: int = 2) -> float:
+    """Share of ``‖W‖_F²`` in the first ``n_signal`` rows (XOR-cluster data: ``x₁, x₂``)."""
+    W = torch.as_tensor(W).double()
+    total = float(W.pow(2).sum())
+    return float(W[:n_signal].pow(2).sum()) / total if total > 0 else 0.0
+
+
+def _first_layer_transfer(run: Run, source: str | None) -> Any:
+    """The ``transfer`` analysis of an ``mlp``: E_W vs the target's first layer, no Fourier."""
+    E_W = weak_embedding(run, source)[0].double()
+    d_in = int(run.task().input_dim)
+    if E_W.ndim != 2 or E_W.shape[0] != d_in:
+        raise GrokinterpError(
+            f"E_W has shape {tuple(E_W.shape)}; the run's first layer takes {d_in} inputs"
+        )
+    xor = run.config.task.name == "xor_cluster"
+    Q_W = orthonormal_basis(E_W, r=min(E_W.shape))
+    r = Q_W.shape[1]
+    weak_signal = signal_energy(E_W) if xor else 0.0
+
+    def at_step(step: int, state: dict[str, Tensor], model: Any) -> dict[str, Tensor]:
+        T = first_layer_weight(state).double()
+        U_T = orthonormal_basis(T, r=min(r, *T.shape))
+        angles = torch.full((r,), float("nan"), dtype=torch.float64)
+        a = principal_angles(Q_W, U_T)
+        angles[: len(a)] = a
+        out = {
+            "principal_angles": angles.float(),
+            "subspace_energy": torch.tensor(subspace_energy(T, E_W)),
+            "cka": torch.tensor(linear_cka(E_W, T)),
+        }
+        if xor:
+            out["signal_energy"] = torch.tensor(signal_energy(T))
+            out["weak_signal_energy"] = torch.tensor(weak_signal)
+        return out
+
+    return at_step
+
+
 def _freqs(mask: Tensor) -> list[int]:
     return [int(i) + 1 for i in torch.nonzero(mask > 0.5).flatten()]
 
@@ -384,6 +438,26 @@ def transfer_summary(
     acc = {m["step"]: m["test_acc"] for m in run.metrics}
     gen = next((s for s in steps if acc.get(s, 0.0) >= level), None)
     i = steps.index(gen) if gen is not None else len(steps) - 1
+    info = transfer_info(run) or {}
+    out: dict[str, Any] = {
+        "kind": info.get("kind", "transfer" if run.config.model.embedding == "factorized" else "?"),
+        "first_test_95": first_step_reaching(run, "test_acc", level),
+        "analysis_step": steps[i],
+        "generalized": gen is not None,
+        "fourier": "spectrum" in r,
+        "cka_init": float(r["cka"][0]),
+        "cka": float(r["cka"][i]),
+        "subspace_energy_init": float(r["subspace_energy"][0]),
+        "subspace_energy": float(r["subspace_energy"][i]),
+        "max_angle_deg_init": math.degrees(float(torch.nan_to_num(r["principal_angles"][0]).max())),
+        "max_angle_deg": math.degrees(float(torch.nan_to_num(r["principal_angles"][i]).max())),
+    }
+    if "signal_energy" in r:
+        out["weak_signal_energy"] = float(r["weak_signal_energy"][0])
+        out["signal_energy_init"] = float(r["signal_energy"][0])
+        out["signal_energy"] = float(r["signal_energy"][i])
+    if not out["fourier"]:  # vector inputs (mlp): no Fourier spectra
+        return out
     K = r["spectrum"].shape[1]
     weak_keys, init_keys, target_keys = (
         _freqs(r["weak_key_mask"][0]),
@@ -391,12 +465,7 @@ def transfer_summary(
         _freqs(r["key_mask"][i]),
     )
     test = overlap_test(target_keys, weak_keys, K, n_perm=n_perm, seed=seed)
-    info = transfer_info(run) or {}
-    return {
-        "kind": info.get("kind", "transfer" if run.config.model.embedding == "factorized" else "?"),
-        "first_test_95": first_step_reaching(run, "test_acc", level),
-        "analysis_step": steps[i],
-        "generalized": gen is not None,
+    return out | {
         "weak_keys": weak_keys,
         "init_keys": init_keys,
         "target_keys": target_keys,
@@ -408,12 +477,6 @@ def transfer_summary(
         "energy_in_weak_keys_init": float(r["energy_in_weak_keys"][0]),
         "energy_in_weak_keys": float(r["energy_in_weak_keys"][i]),
         "energy_chance": len(weak_keys) / K,
-        "cka_init": float(r["cka"][0]),
-        "cka": float(r["cka"][i]),
-        "subspace_energy_init": float(r["subspace_energy"][0]),
-        "subspace_energy": float(r["subspace_energy"][i]),
-        "max_angle_deg_init": math.degrees(float(torch.nan_to_num(r["principal_angles"][0]).max())),
-        "max_angle_deg": math.degrees(float(torch.nan_to_num(r["principal_angles"][i]).max())),
     }
 
 
@@ -426,8 +489,38 @@ def transfer_table(run: Run, results: dict[str, Tensor]) -> Any:
     table.add_column("measure")
     table.add_column("value", justify="right")
     at = f"step {s['analysis_step']}" + ("" if s["generalized"] else " (never ≥95% test: last)")
-    rows = [
-        ("first step with test acc ≥ 95%", str(s["first_test_95"])),
+    name = "E_T" if s["fourier"] else "W_in"  # the target's embedding / first layer
+    rows = [("first step with test acc ≥ 95%", str(s["first_test_95"]))]
+    if not s["fourier"]:
+        rows.append(("analysed at (vector inputs: no Fourier spectra)", at))
+    if "signal_energy" in s:
+        rows += [
+            ("E_W energy on the signal coordinates x1, x2", f"{s['weak_signal_energy']:.3f}"),
+            (
+                "target W_in energy on x1, x2: init → analysed",
+                f"{s['signal_energy_init']:.3f} → {s['signal_energy']:.3f}",
+            ),
+        ]
+    if s["fourier"]:
+        rows += _fourier_rows(s, at)
+    rows += [
+        (f"linear CKA(E_W, {name}): init → analysed", f"{s['cka_init']:.3f} → {s['cka']:.3f}"),
+        (
+            f"{name} energy in span(E_W): init → analysed",
+            f"{s['subspace_energy_init']:.3f} → {s['subspace_energy']:.3f}",
+        ),
+        (
+            "largest principal angle (deg): init → analysed",
+            f"{s['max_angle_deg_init']:.1f} → {s['max_angle_deg']:.1f}",
+        ),
+    ]
+    for label, value in rows:
+        table.add_row(label, value)
+    return table
+
+
+def _fourier_rows(s: dict[str, Any], at: str) -> list[tuple[str, str]]:
+    return [
         ("E_W key frequencies K_W", str(s["weak_keys"])),
         ("target embedding key frequencies at step 0", str(s["init_keys"])),
         (f"target key frequencies K_T ({at})", str(s["target_keys"])),
@@ -441,16 +534,4 @@ def transfer_table(run: Run, results: dict[str, Tensor]) -> Any:
             f"{s['energy_in_weak_keys_init']:.2f} → {s['energy_in_weak_keys']:.2f} "
             f"({s['energy_chance']:.2f})",
         ),
-        ("linear CKA(E_W, E_T): init → analysed", f"{s['cka_init']:.3f} → {s['cka']:.3f}"),
-        (
-            "E_T energy in span(E_W): init → analysed",
-            f"{s['subspace_energy_init']:.3f} → {s['subspace_energy']:.3f}",
-        ),
-        (
-            "largest principal angle (deg): init → analysed",
-            f"{s['max_angle_deg_init']:.1f} → {s['max_angle_deg']:.1f}",
-        ),
     ]
-    for label, value in rows:
-        table.add_row(label, value)
-    return table

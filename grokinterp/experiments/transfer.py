@@ -14,6 +14,13 @@ Embedding Transfer from a Weaker Model", ICLR 2025):
    the paper leaves B's distribution unspecified). A and B are both trained.
    ``merge_at=m`` folds A·B into a full ``W_E`` after step m and trains on (paper Fig. 15b).
 
+**XOR-cluster data** (the paper's §3): the same recipe for the vector-input ``mlp``. The weak
+model is the target network with a few neurons (preset ``groktransfer-weak-xor``: 3); E_W is its
+first-layer weight ``blocks.0.mlp.W_in [input_dim, d_mlp_weak]``, and the target's first layer
+``W_in`` becomes ``embed.W_A @ embed.W_B`` with ``A = E_W`` and ``W_B ~ N(0, 1/d_mlp)`` as above
+(:class:`grokinterp.models.components.InputEmbed`). Every other target parameter is the draw of
+the scratch target with the same seed. ``merge_at`` folds A·B into ``embed.W_E``.
+
 Kinds of target run (each an ordinary run directory in ``out_dir/<kind>/``; its
 ``RunConfig.parent`` is the weak run and its ``notes`` hold ``groktransfer {json}`` with the
 weak run, the step of E_W and the kind, read by the ``transfer`` analysis):
@@ -57,7 +64,7 @@ from grokinterp.config import (
     load_config,
     load_preset,
 )
-from grokinterp.models import effective_embedding
+from grokinterp.models import first_layer_weight
 from grokinterp.store import (
     Run,
     atomic_write_text,
@@ -69,6 +76,19 @@ from grokinterp.store import (
 from grokinterp.training import train
 
 KINDS = ("scratch", "transfer", "random_a", "grokfast")
+TOKEN_MODELS = ("transformer", "embed_mlp")
+# E_W's checkpoint when none is given: token models at 30% test accuracy (the paper: 30-40%
+# suffices); the XOR weak model (groktransfer-weak-xor) at its last checkpoint, where it sits on
+# its ~72% plateau with a first layer already on the signal directions (its first checkpoint at
+# 70% still holds mostly its random initialisation and does not transfer; see the preset).
+DEFAULT_WEAK_AT = {"token": "acc=0.3", "vector": "final"}
+
+
+def default_weak_at(target: RunConfig) -> str:
+    """``DEFAULT_WEAK_AT`` for the target's model: ``acc=0.3`` (token models) or ``final`` (mlp)."""
+    return DEFAULT_WEAK_AT["vector" if target.model.name == "mlp" else "token"]
+
+
 GROKFAST_EMA = {"kind": "ema", "alpha": 0.98, "lamb": 2.0}
 
 # CPU-sized variants of groktransfer-weak-mod-add / groktransfer-mod-add (module docstring).
@@ -100,6 +120,9 @@ CPU_GROKFAST_OVERRIDES = [
 
 __all__ = [
     "KINDS",
+    "TOKEN_MODELS",
+    "DEFAULT_WEAK_AT",
+    "default_weak_at",
     "GROKFAST_EMA",
     "CPU_WEAK_OVERRIDES",
     "CPU_WEAK_AT",
@@ -137,16 +160,16 @@ def resolve_config(
 
 
 def weak_run(
-    weak: str | Path | Run,
+    weak: str | Path | Run | RunConfig,
     out_dir: str | Path,
     overrides: Sequence[str] = (),
     progress: bool = False,
 ) -> Run:
-    """The weak run: ``weak`` itself if it is a run (directory), else the preset/config ``weak``
-    trained into ``out_dir/weak`` (resumed, or reused if already complete)."""
+    """The weak run: ``weak`` itself if it is a run (directory), else the preset/config (file or
+    RunConfig) ``weak`` trained into ``out_dir/weak`` (resumed, or reused if already complete)."""
     if isinstance(weak, Run):
         return weak
-    if is_run_dir(weak):
+    if not isinstance(weak, RunConfig) and is_run_dir(weak):
         if overrides:
             raise GrokinterpError("weak overrides apply only when the weak model is a preset")
         return Run.open(weak)
@@ -219,9 +242,10 @@ def transfer_inputs(
     weak: Run, step: int, out_dir: str | Path, random_a: bool = False, seed: int = 0
 ) -> tuple[Path, dict[str, Any]]:
     """Write ``out_dir/inputs/{transfer|random_a}.init.safetensors`` (``embed.W_A``) and the weak
-    embedding ``out_dir/inputs/weak_embedding.safetensors`` (``E_W``); return the init path and a
-    record of the source."""
-    E_W = effective_embedding(weak.load_state(step)).float().contiguous()
+    embedding ``out_dir/inputs/weak_embedding.safetensors`` (``E_W``: the token embedding of a
+    token model, the first-layer ``W_in [input_dim, d_mlp]`` of an ``mlp``); return the init path
+    and a record of the source."""
+    E_W = first_layer_weight(weak.load_state(step)).float().contiguous()
     inputs = Path(out_dir) / "inputs"
     acc = next((m["test_acc"] for m in weak.metrics if m["step"] == step), None)
     record = {
@@ -272,31 +296,50 @@ def _target_config(
     return RunConfig.from_dict(cfg.to_dict())
 
 
+def _check_models(weak: RunConfig, target: RunConfig, where: str) -> None:
+    """Token targets take a token weak model's embedding; ``mlp`` targets an ``mlp``'s W_in."""
+    t, w = target.model.name, weak.model.name
+    if t not in TOKEN_MODELS + ("mlp",):
+        raise GrokinterpError(
+            f"the target must be a token model ({', '.join(TOKEN_MODELS)}) or 'mlp', not {t!r}"
+        )
+    if t in TOKEN_MODELS and w not in TOKEN_MODELS:
+        raise GrokinterpError(
+            f"the weak model {where} is {w!r}, which has no token embedding; the token model "
+            f"target ({t}) needs a token weak model ({', '.join(TOKEN_MODELS)})"
+        )
+    if t == "mlp" and w != "mlp":
+        raise GrokinterpError(
+            f"the weak model {where} is a token model ({w}); the vector-input 'mlp' target takes "
+            "the first-layer weight W_in of an 'mlp' weak model trained on the same task"
+        )
+
+
 def _prepare(
-    weak: str | Path | Run,
+    weak: str | Path | Run | RunConfig,
     target_preset: str | Path | RunConfig,
-    weak_at: int | str,
+    weak_at: int | str | None,
     out_dir: str | Path,
     target_overrides: Sequence[str],
     weak_overrides: Sequence[str],
     progress: bool,
 ) -> tuple[Run, int, RunConfig]:
     target = resolve_config(target_preset, target_overrides)  # fail early on a bad target
-    if target.model.name not in ("transformer", "embed_mlp"):
-        raise GrokinterpError(
-            f"the target must be a token model (transformer, embed_mlp), not {target.model.name!r}"
-        )
+    if isinstance(weak, RunConfig) or (not isinstance(weak, Run) and not is_run_dir(weak)):
+        wcfg = resolve_config(weak, weak_overrides)  # ... and before training the weak model
+        _check_models(wcfg, target, repr(wcfg.name))
+        _check_same_task(wcfg, target)
     wr = weak_run(weak, out_dir, weak_overrides, progress)
-    if wr.config.model.name not in ("transformer", "embed_mlp"):
-        raise GrokinterpError(f"the weak run {wr.path} has no token embedding")
+    _check_models(wr.config, target, f"run {wr.path}")
     _check_same_task(wr.config, target)
-    return wr, select_weak_step(wr, weak_at), target
+    at = default_weak_at(target) if weak_at is None else weak_at
+    return wr, select_weak_step(wr, at), target
 
 
 def transfer(
-    weak: str | Path | Run,
+    weak: str | Path | Run | RunConfig,
     target_preset: str | Path | RunConfig,
-    weak_at: int | str = "acc=0.3",
+    weak_at: int | str | None = None,
     out_dir: str | Path = "checkpoints/groktransfer",
     merge_at: int | None = None,
     random_a: bool = False,
@@ -308,9 +351,10 @@ def transfer(
 ) -> Run:
     """Train one GrokTransfer target (or, with ``random_a``, the random-A ablation).
 
-    ``weak``: a run directory or a preset/config to train into ``out_dir/weak``. The target run
-    goes to ``out_dir/transfer`` (``out_dir/random_a``); ``merge_at`` folds A·B into ``W_E``
-    after that step. Returns the target :class:`Run`.
+    ``weak``: a run directory or a preset/config to train into ``out_dir/weak``; ``weak_at`` as
+    :func:`select_weak_step` (default :func:`default_weak_at`). The target run goes to
+    ``out_dir/transfer`` (``out_dir/random_a``); ``merge_at`` folds A·B into ``W_E`` after that
+    step. Returns the target :class:`Run`.
     """
     wr, step, target = _prepare(
         weak, target_preset, weak_at, out_dir, target_overrides, weak_overrides, progress
@@ -387,9 +431,9 @@ class TransferComparison:
 
 
 def compare_transfer(
-    weak: str | Path | Run,
+    weak: str | Path | Run | RunConfig,
     target_preset: str | Path | RunConfig,
-    weak_at: int | str = "acc=0.3",
+    weak_at: int | str | None = None,
     out_dir: str | Path = "checkpoints/groktransfer",
     steps: int | None = None,
     grokfast: bool = False,

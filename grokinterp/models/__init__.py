@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from grokinterp.config import GrokinterpError, ModelConfig
-from grokinterp.models.components import ACTIVATION_TYPES, Embed, effective_embedding
+from grokinterp.models.components import (
+    ACTIVATION_TYPES,
+    Embed,
+    InputEmbed,
+    effective_embedding,
+    first_layer_weight,
+)
 from grokinterp.models.interop import from_transformer_bridge, to_transformer_bridge
 from grokinterp.models.mlp import MLP, EmbedMLP
 from grokinterp.models.transformer import Transformer
@@ -36,8 +42,6 @@ def build_model(cfg: ModelConfig, task: Task) -> nn.Module:
         raise GrokinterpError(
             f"model 'mlp' needs vector inputs; {task.name!r} has tokens (use 'transformer' or 'embed_mlp')"
         )
-    if cfg.embedding == "factorized" and not token_model:
-        raise GrokinterpError("model.embedding = 'factorized' needs a token model")
     model = MODELS[cfg.name](cfg, task)
     if cfg.init_scale != 1.0:
         with torch.no_grad():
@@ -50,11 +54,13 @@ __all__ = [
     "ACTIVATION_TYPES",
     "Embed",
     "EmbedMLP",
+    "InputEmbed",
     "MLP",
     "MODELS",
     "Transformer",
     "build_model",
     "effective_embedding",
+    "first_layer_weight",
     "from_transformer_bridge",
     "to_transformer_bridge",
 ]

@@ -31,15 +31,24 @@ class Embed(nn.Module):
     """Token embedding ``W_E [d_vocab, d_model]``, or factorized ``W_E = W_A @ W_B`` with
     ``W_A [d_vocab, r]`` and ``W_B [r, d_model]`` (GrokTransfer, Xu et al. 2025).
 
-    Both variants index rows of the effective matrix ``weight``.
+    Both variants index rows of the effective matrix ``weight``. ``a_std`` overrides the
+    standard deviation of ``W_A`` (default ``1/√r``).
     """
 
-    def __init__(self, d_vocab: int, d_model: int, factorized: bool = False, rank: int = 4):
+    def __init__(
+        self,
+        d_vocab: int,
+        d_model: int,
+        factorized: bool = False,
+        rank: int = 4,
+        a_std: float | None = None,
+    ):
         super().__init__()
         self.factorized = factorized
         if factorized:
             # Each factor ~ N(0, 1/√r·1/√d) scale so that A·B has the scale of a full W_E.
-            self.W_A = nn.Parameter(torch.randn(d_vocab, rank) / math.sqrt(rank))
+            a_std = 1 / math.sqrt(rank) if a_std is None else a_std
+            self.W_A = nn.Parameter(torch.randn(d_vocab, rank) * a_std)
             self.W_B = nn.Parameter(torch.randn(rank, d_model) / math.sqrt(d_model))
         else:
             self.W_E = nn.Parameter(torch.randn(d_vocab, d_model) / math.sqrt(d_model))
@@ -65,6 +74,27 @@ class Embed(nn.Module):
         self.W_E = nn.Parameter(full)
 
 
+class InputEmbed(Embed):
+    """The first layer's input weight of the vector-input ``mlp`` as an "embedding" (GrokTransfer
+    on XOR-cluster data, Xu et al. 2025 §3): ``x @ W_E`` with ``W_E [input_dim, d_mlp]``, or
+    factorized ``x @ W_A @ W_B`` with ``W_A [input_dim, r]``, ``W_B [r, d_mlp]``.
+
+    ``W_B ~ N(0, 1/d_mlp)`` as in the token case; ``W_A ~ N(0, d_mlp / (3·r·input_dim))`` so that
+    ``A·B`` has the variance of the full layer's ``U(±1/√input_dim)`` initialisation (it only
+    matters when A is not overwritten, e.g. by a weak model's ``W_in``). ``merge()`` folds the
+    factors into ``W_E`` (the same function, bit for bit). The bias ``b_in`` stays in the first
+    MLP block.
+    """
+
+    def __init__(self, d_in: int, d_out: int, rank: int = 4):
+        super().__init__(d_in, d_out, True, rank, math.sqrt(d_out / (3 * rank * d_in)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x @ (A·B), not (x @ A) @ B: the same cost as the full layer, and bit for bit the function
+        # of a full layer W_in = A·B (so that merge() changes nothing, not even float rounding)
+        return x @ self.weight
+
+
 def effective_embedding(state: dict[str, torch.Tensor], prefix: str = "embed.") -> torch.Tensor:
     """``W_E [d_vocab, d_model]`` from a state dict holding either a full or factorized embedding."""
     if prefix + "W_E" in state:
@@ -72,6 +102,20 @@ def effective_embedding(state: dict[str, torch.Tensor], prefix: str = "embed.") 
     if prefix + "W_A" in state and prefix + "W_B" in state:
         return state[prefix + "W_A"] @ state[prefix + "W_B"]
     raise GrokinterpError("state dict has no embedding (embed.W_E or embed.W_A/W_B)")
+
+
+def first_layer_weight(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The weight the input meets first, from a state dict: a token model's embedding
+    ``W_E [d_vocab, d]`` (:func:`effective_embedding`), or the vector-input ``mlp``'s first-layer
+    ``W_in [input_dim, d_mlp]`` — ``blocks.0.mlp.W_in`` (full), ``embed.W_A @ embed.W_B``
+    (factorized) or ``embed.W_E`` (factorized, merged). GrokTransfer's ``E_W``."""
+    if any(k.startswith("embed.") for k in state):
+        return effective_embedding(state)
+    if "blocks.0.mlp.W_in" in state:
+        return state["blocks.0.mlp.W_in"]
+    raise GrokinterpError(
+        "state dict has no embedding or first layer (embed.W_E, embed.W_A/W_B, blocks.0.mlp.W_in)"
+    )
 
 
 class Unembed(nn.Module):
@@ -95,6 +139,8 @@ class MLPBlock(nn.Module):
     """``post = act(x @ W_in + b_in)``; optionally ``out = post @ W_out + b_out``.
 
     Hooks ``hook_pre`` (pre-activation) and ``hook_post`` (activation) as in TransformerLens.
+    :meth:`drop_input_weight` removes ``W_in`` (the input then arrives already multiplied by it:
+    the factorized first layer of ``mlp``, see :class:`InputEmbed`).
     """
 
     def __init__(
@@ -119,8 +165,12 @@ class MLPBlock(nn.Module):
             self.W_out = None
             self.b_out = None
 
+    def drop_input_weight(self) -> None:
+        del self.W_in
+        self.register_parameter("W_in", None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = x @ self.W_in
+        pre = x if self.W_in is None else x @ self.W_in
         if self.b_in is not None:
             pre = pre + self.b_in
         post = self.hook_post(self.act(self.hook_pre(pre)))

@@ -6,7 +6,12 @@ Xu et al. 2025): embed a and b, combine them (``sum`` E[a]+E[b], or ``concat``),
 ``W_out`` (Minegishi's out-projection), then ``W_U``. The ``=`` token is ignored.
 
 ``mlp`` (Omnigrok, Liu et al. 2023; Deep Grokking, Fan et al. 2024): ``n_layers`` hidden layers
-of width ``d_mlp`` on a vector input, then ``W_U``, ``b_U``.
+of width ``d_mlp`` on a vector input, then ``W_U``, ``b_U``. With ``embedding = "factorized"``
+(GrokTransfer on XOR-cluster data, Xu et al. 2025 §3) the first layer's input weight
+``blocks.0.mlp.W_in [input_dim, d_mlp]`` is replaced by ``embed.W_A [input_dim, r] @ embed.W_B
+[r, d_mlp]`` (r = ``embed_rank``; :class:`~grokinterp.models.components.InputEmbed`), hooked at
+``hook_embed`` (``x @ W_A @ W_B``, before ``b_in``); ``embed.merge()`` folds it into ``embed.W_E``.
+Every other parameter is drawn exactly as in the full model with the same seed.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from grokinterp.config import ModelConfig
-from grokinterp.models.components import Embed, MLPBlock, Unembed
+from grokinterp.models.components import Embed, InputEmbed, MLPBlock, Unembed
 from grokinterp.tasks import Task
 
 
@@ -87,10 +92,17 @@ class MLP(HookedRootModule):
         self.unembed = Unembed(
             cfg.d_mlp, task.n_classes, cfg.bias, cfg.output_scale, 1 / math.sqrt(cfg.d_mlp)
         )
+        if cfg.embedding == "factorized":
+            # drawn after the full model's parameters, so that those stay the same draw
+            self.blocks[0].mlp.drop_input_weight()
+            self.embed = InputEmbed(task.input_dim, cfg.d_mlp, cfg.embed_rank)
+            self.hook_embed = HookPoint()
         self.setup()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.hook_input(x)
+        if self.cfg.embedding == "factorized":
+            x = self.hook_embed(self.embed(x))  # [batch, d_mlp]: the first layer's x @ W_in
         for block in self.blocks:
             x = block(x)
         return self.unembed(x)

@@ -1021,11 +1021,25 @@ def _transfer_summary(data: AnalysisData, rd: RunData) -> dict[str, Any]:
 def transfer_reading(summary: Mapping[str, Any]) -> str:
     """Two sentences on what a GrokTransfer target inherits from the weak embedding E_W
     (key-frequency overlap against its permutation baseline, then energy in K_W and CKA), from
-    :func:`grokinterp.analysis.transfer.transfer_summary`."""
+    :func:`grokinterp.analysis.transfer.transfer_summary`; for a vector-input mlp (no Fourier
+    structure) the subspace measures between E_W and the target's first layer instead."""
     s = summary
     at = f"step {fmt_step(s['analysis_step'])}" + (
         "" if s["generalized"] else " (the last checkpoint; it never reaches 95% test accuracy)"
     )
+    if not s.get("fourier", True):
+        signal = (
+            f" Its energy on the signal coordinates x₁, x₂ goes from {s['signal_energy_init']:.2f}"
+            f" to {s['signal_energy']:.2f} (E_W: {s['weak_signal_energy']:.2f})."
+            if "signal_energy" in s
+            else ""
+        )
+        return (
+            f"At {at}, {s['subspace_energy']:.2f} of the target first layer's energy lies in "
+            f"span(E_W) ({s['subspace_energy_init']:.2f} at initialisation) and linear CKA with "
+            f"E_W is {s['cka']:.2f} ({s['cka_init']:.2f}); vector inputs have no Fourier "
+            f"spectra.{signal}"
+        )
     first = (
         f"At {at} the target's key frequencies are {', '.join(map(str, s['target_keys'])) or 'none'}"
         f" and the weak embedding's {', '.join(map(str, s['weak_keys'])) or 'none'}: an overlap of "
@@ -1046,30 +1060,43 @@ def _transfer_overlay(rds: Sequence[RunData]) -> Rendered:
     curves = figure_fn("transfer", "comparison_curves_figure")({rd.label: rd.metrics for rd in rds})
     fig = go.Figure()
     parts = []
-    for i, rd in enumerate(rds):
-        d = rd.analysis("transfer")
+    datas = [rd.analysis("transfer") for rd in rds]
+    fourier = all(d.has("energy_in_weak_keys") for d in datas)
+    key, what = (
+        ("energy_in_weak_keys", "energy in E_W's key freqs")
+        if fourier
+        else ("subspace_energy", "first-layer energy in span(E_W)")
+    )
+    for i, (rd, d) in enumerate(zip(rds, datas, strict=True)):
         fig.add_trace(
             go.Scatter(
                 x=np.maximum(d.steps, 1),
-                y=d.get("energy_in_weak_keys"),
-                name=f"{rd.label} · energy in E_W's key freqs",
+                y=d.get(key),
+                name=f"{rd.label} · {what}",
                 line={"color": COLORS[i % len(COLORS)]},
             )
         )
         s = _transfer_summary(d, rd)
-        parts.append(f"{rd.label} {s['overlap']:.2f} (chance {s['overlap_baseline']:.2f})")
+        if fourier:
+            parts.append(f"{rd.label} {s['overlap']:.2f} (chance {s['overlap_baseline']:.2f})")
+        else:
+            parts.append(f"{rd.label} {s['subspace_energy']:.2f}")
     fig.update_layout(
-        title="Share of the target's Fourier energy in E_W's key frequencies",
+        title="Share of the target's Fourier energy in E_W's key frequencies"
+        if fourier
+        else "Share of the target first layer's energy in span(E_W)",
         xaxis={"title": "step", "type": "log"},
         yaxis={"title": "fraction", "range": [0, 1.05]},
         template="plotly_white",
         legend={"orientation": "h", "y": -0.2},
     )
     gen = "; ".join(f"{rd.label} {fmt_step(rd.summary.get('step_generalization'))}" for rd in rds)
-    reading = (
-        f"Overlap of the target's key frequencies with E_W's: {'; '.join(parts)}. "
-        f"Test accuracy reaches the threshold at steps: {gen}."
+    lead = (
+        "Overlap of the target's key frequencies with E_W's"
+        if fourier
+        else "Share of the target first layer's energy in span(E_W) at 95% test accuracy (or last)"
     )
+    reading = f"{lead}: {'; '.join(parts)}. Test accuracy reaches the threshold at steps: {gen}."
     return [curves, fig], reading
 
 
@@ -1088,6 +1115,8 @@ def _transfer_section(rd: RunData) -> Rendered:
     data = rd.analysis("transfer")
     r = data.results
     summary = _transfer_summary(data, rd)
+    if not summary["fourier"]:  # vector inputs (mlp on XOR-cluster data): subspaces only
+        return [figure_fn("transfer", "transfer_subspace_figure")(r)], transfer_reading(summary)
     figs = [
         figure_fn("transfer", "transfer_spectra_figure")(r, at=summary["analysis_step"]),
         figure_fn("transfer", "transfer_spectrum_heatmap")(r),

@@ -39,12 +39,13 @@ other speed-ups still apply).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,25 @@ ENGINES = ("auto", "eager", "fast")
 # One-hot matrices larger than this (elements) are not cached: the gather's backward then uses
 # index_add_ (atomics on CUDA) instead of a GEMM.
 MAX_ONEHOT_ELEMENTS = 50_000_000
+
+
+# ============================================================================ precision
+
+
+@contextlib.contextmanager
+def matmul_precision(tf32: bool) -> Iterator[None]:
+    """TF32 matmuls on CUDA on (``tf32``) or off inside the block, restored after it.
+
+    Scoped rather than global, so one trainer's ``train.tf32`` never leaks into another's
+    computation (or a user's) in the same process. A captured CUDA graph keeps the kernels
+    chosen at capture time, so replays need no flag.
+    """
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
 
 
 # ============================================================================ gathers
@@ -114,10 +134,14 @@ class _TableGather(torch.autograd.Function):
         flat, onehot_t = ctx.saved_tensors
         s, rows, w = ctx.shape
         if onehot_t is not None:
-            # [P, V, N] @ [P, N, S·w] -> [P, V, S·w]: sums each table row's gradient as a GEMM.
-            g = grad.permute(2, 1, 0, 3).reshape(ctx.n_pos, ctx.n, s * w)
-            out = torch.bmm(onehot_t, g).view(ctx.n_pos, -1, s, w).permute(2, 0, 1, 3)
-            return out.reshape(s, rows, w), None, None, None, None
+            # Per position k: [V, N] @ [N, w] for every seed, one batched GEMM that sums each
+            # table row's gradient. The one-hot is broadcast over seeds (batch stride 0) and the
+            # gradient read in place (row stride P·w), so no [S, N, P, w] copy is made.
+            grad = grad.reshape(s, ctx.n, ctx.n_pos, w)
+            parts = [
+                torch.bmm(onehot_t[k].expand(s, -1, -1), grad[:, :, k]) for k in range(ctx.n_pos)
+            ]
+            return torch.cat(parts, 1), None, None, None, None
         out = grad.new_zeros(s, rows, w)
         out.index_add_(1, flat, grad.reshape(s, ctx.n * ctx.n_pos, w))
         return out, None, None, None, None
@@ -157,8 +181,9 @@ class Inputs:
 
     n: int
     x: torch.Tensor | None = None  # vector inputs [N, D]
-    all_pos: Gather | None = None  # transformer K/V (and residual when queries at all positions)
-    last_pos: Gather | None = None  # transformer residual + query at the last position
+    all_pos: Gather | None = None  # transformer per-position rows (K/V; Q and residual if needed)
+    last_pos: Gather | None = None  # 1-layer transformer: residual at the last position
+    scores: Gather | None = None  # 1-layer transformer: rows of the attention-score table
     pair: Gather | None = None  # embed_mlp: positions 0 and 1
 
 
@@ -192,12 +217,16 @@ class FastForward:
         oh = self.dtype if backward and self.gemm_backward else None
         if self.cfg.name == "embed_mlp":
             return Inputs(n=len(x), pair=make_gather(x, [0, 1], self.vocab, oh))
-        p = x.shape[1]
-        last = make_gather(x, [p - 1], self.vocab, oh)
+        p, v = x.shape[1], self.vocab
+        if self.cfg.n_layers > 1:
+            return Inputs(n=len(x), all_pos=make_gather(x, list(range(p)), v, oh))
+        # score-table row of (key position j, query token u, key token t): j·V² + u·V + t
+        rows = torch.arange(p, device=x.device) * v * v + x[:, p - 1 :] * v + x
         return Inputs(
             n=len(x),
-            all_pos=make_gather(x, list(range(p)), self.vocab, oh),
-            last_pos=last if self.cfg.n_layers == 1 else None,
+            all_pos=make_gather(x, list(range(p)), v, oh),
+            last_pos=make_gather(x, [p - 1], v, oh),
+            scores=Gather(rows.reshape(-1), len(x), p, v * v),  # index_add_ backward
         )
 
     # ------------------------------------------------------------------ forward
@@ -249,20 +278,30 @@ class FastForward:
         x0 = emb.unsqueeze(1) + params["pos_embed.W_pos"][:, :p].unsqueeze(2)  # [S, P, V, d]
         hx = _layer_norm(x0, params["blocks.0.ln1.w"], params["blocks.0.ln1.b"]) if ln else x0
         w_q, w_k, w_v = qkv_weights(0)
-        v_rows = x0.shape[2]
-        kv_tab = torch.bmm(hx.reshape(s, p * v_rows, d), torch.cat([w_k, w_v], -1))
-        kv = gather_rows(kv_tab, inputs.all_pos)  # [S, N, P, 2He]
-        k = kv[..., : h * e].reshape(s, n, p, h, e)
-        v = kv[..., h * e :].reshape(s, n, p, h, e)
-        if n_layers == 1:  # queries and residual at the last position only
-            q_tab = torch.bmm(hx[:, -1], w_q)  # [S, V, He]
-            xq = gather_rows(torch.cat([x0[:, -1], q_tab], -1), inputs.last_pos)  # [S,N,1,d+He]
+        vocab = x0.shape[2]
+        hx_rows = hx.reshape(s, p * vocab, d)
+        k_tab = torch.bmm(hx_rows, w_k)  # [S, P·V, He]
+        v = gather_rows(torch.bmm(hx_rows, w_v), inputs.all_pos).view(s, n, p, h, e)
+        if n_layers == 1:
+            # Only the last position is read, so its query depends on one token u and each
+            # key on one token t: the scores q_u·k_{j,t} form a small [P, V, V, H] table that
+            # is gathered per sample (no per-sample keys or q·k products at all).
+            q_tab = torch.bmm(hx[:, -1], w_q).view(s, vocab, h, e).transpose(1, 2)
+            k_tab = k_tab.view(s, p * vocab, h, e).permute(0, 2, 3, 1)
+            # One GEMM per (seed, head), [V, e] @ [e, P·V] (an einsum or a 4-D matmul would
+            # regroup seeds by S and change the rounding of one seed's result).
+            table = torch.bmm(q_tab.reshape(s * h, vocab, e), k_tab.reshape(s * h, e, p * vocab))
+            table = table.view(s, h, vocab, p, vocab) / math.sqrt(e)
+            table = table.permute(0, 3, 2, 4, 1).reshape(s, p * vocab * vocab, h)  # [S, P·V·V, H]
+            scores = gather_rows(table, inputs.scores)  # [S, N, P, H]
+            resid = gather_rows(x0[:, -1], inputs.last_pos)  # [S, N, 1, d]
+            resid = self._attend_mlp(params, 0, resid, v, scores=scores)
         else:
-            q_tab = torch.bmm(hx.reshape(s, p * v_rows, d), w_q).view(s, p, v_rows, h * e)
-            xq = gather_rows(torch.cat([x0, q_tab], -1).reshape(s, p * v_rows, -1), inputs.all_pos)
-        resid = xq[..., :d]
-        q = xq[..., d:].reshape(s, n, -1, h, e)
-        resid = self._attend_mlp(params, 0, resid, q, k, v)
+            q_tab = torch.bmm(hx_rows, w_q)
+            k = gather_rows(k_tab, inputs.all_pos).view(s, n, p, h, e)
+            q = gather_rows(q_tab, inputs.all_pos).view(s, n, p, h, e)
+            resid = gather_rows(x0.reshape(s, p * vocab, d), inputs.all_pos)  # [S, N, P, d]
+            resid = self._attend_mlp(params, 0, resid, v, q=q, k=k)
         # ---- later layers: ordinary per-sample computation
         for i in range(1, n_layers):
             last = i == n_layers - 1
@@ -275,21 +314,23 @@ class FastForward:
             kv = _linear(hx, torch.cat([w_k, w_v], -1), None)
             k = kv[..., : h * e].reshape(s, n, p, h, e)
             v = kv[..., h * e :].reshape(s, n, p, h, e)
-            resid = self._attend_mlp(params, i, resid[:, :, -1:] if last else resid, q, k, v)
+            resid = self._attend_mlp(params, i, resid[:, :, -1:] if last else resid, v, q=q, k=k)
         x = resid[:, :, -1]
         if ln:
             x = _layer_norm(x, params["ln_final.w"], params["ln_final.b"])
         return self._unembed(params, x)
 
-    def _attend_mlp(self, params, i: int, resid, q, k, v) -> torch.Tensor:
+    def _attend_mlp(self, params, i: int, resid, v, q=None, k=None, scores=None):
         """Causal attention of queries ``q [S,N,Q,H,e]`` (the last ``Q`` positions) over
-        ``k, v [S,N,P,H,e]``, then the MLP; returns the new residual ``[S, N, Q, d]``."""
+        ``k, v [S,N,P,H,e]`` (or, for one query, given ``scores [S,N,P,H]``), then the MLP;
+        returns the new residual ``[S, N, Q, d]``."""
         cfg = self.cfg
-        s, n, nq, h, e = q.shape
-        p = k.shape[2]
+        s, n, p, h, e = v.shape
+        nq = 1 if scores is not None else q.shape[2]
         scale = math.sqrt(e)
         if nq == 1:  # the last position sees every position: no mask
-            scores = (q * k).sum(-1) / scale  # [S, N, P, H]
+            if scores is None:
+                scores = (q * k).sum(-1) / scale  # [S, N, P, H]
             pattern = scores.softmax(dim=2)
             z = (pattern.unsqueeze(-1) * v).sum(2, keepdim=True)  # [S, N, 1, H, e]
         else:
@@ -325,7 +366,9 @@ class FastForward:
 
     # --- mlp on vector inputs (Omnigrok, Liu et al. 2023)
     def _mlp(self, params: dict[str, torch.Tensor], inputs: Inputs) -> torch.Tensor:
-        w_in = params["blocks.0.mlp.W_in"]
+        w_in = params.get("blocks.0.mlp.W_in")
+        if w_in is None:  # factorized first layer (GrokTransfer on vectors): x @ (A·B)
+            w_in = self._embedding(params)
         pre = torch.matmul(inputs.x, w_in)  # [N, D] @ [S, D, m] -> [S, N, m]
         if "blocks.0.mlp.b_in" in params:
             pre = pre + params["blocks.0.mlp.b_in"].unsqueeze(1)
@@ -342,9 +385,10 @@ class FastForward:
         was_training = model.training
         model.eval()
         try:
-            ref = model(x)
-            params = {k: p.unsqueeze(0) for k, p in model.named_parameters()}
-            out = self.logits(params, self.prepare(x, backward=False))[0]
+            with matmul_precision(False):  # the check is always at full precision
+                ref = model(x)
+                params = {k: p.unsqueeze(0) for k, p in model.named_parameters()}
+                out = self.logits(params, self.prepare(x, backward=False))[0]
         except (KeyError, RuntimeError, IndexError):
             return False
         finally:
@@ -380,6 +424,20 @@ def per_seed_loss(kind: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Ten
         return (logits - target).pow(2).mean((1, 2))
     flat = F.multi_margin_loss(logits.reshape(s * n, c), y.repeat(s), reduction="none")
     return flat.view(s, n).mean(1)
+
+
+def training_loss(
+    fast: FastForward, kind: str, inputs: Inputs, y: torch.Tensor, compile: bool
+) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """``params -> Σ_seeds loss`` on the fixed training set; with ``compile`` (CUDA only)
+    through ``torch.compile``, which fuses the elementwise and reduction work of the step."""
+
+    def loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return per_seed_loss(kind, fast.logits(params, inputs), y).sum()
+
+    if compile and fast.device.type == "cuda":
+        return torch.compile(loss, dynamic=False)
+    return loss
 
 
 def metrics_row(trainer: Any, vals: list[float]) -> dict[str, Any]:
@@ -480,6 +538,7 @@ class StepRunner:
         self.after_backward, self.after_step = after_backward, after_step
         self.before_capture = before_capture
         self.use_graph = graphable and device.type == "cuda"
+        self.tf32 = cfg.tf32 and device.type == "cuda"
         self.graph: torch.cuda.CUDAGraph | None = None
         self.stream = torch.cuda.Stream(device) if self.use_graph else None
         self.eager_steps = 0
@@ -503,6 +562,10 @@ class StepRunner:
         if self.graph is not None:
             self.graph.replay()
             return
+        with matmul_precision(self.tf32):
+            self._step_uncaptured(step)
+
+    def _step_uncaptured(self, step: int) -> None:
         warm = warmup_factor(step, self.cfg.warmup_steps) == 1.0
         if self.use_graph and warm and self.eager_steps >= self.EAGER_BEFORE_CAPTURE:
             self._capture(step)
@@ -545,38 +608,51 @@ _WRITERS: weakref.WeakSet = weakref.WeakSet()
 
 
 class AsyncWriter:
-    """One background thread that runs write jobs in order; :meth:`flush` waits for them and
-    re-raises the first error. Pending jobs are also flushed at interpreter exit."""
+    """Background threads that run write jobs; :meth:`flush` waits for them and re-raises the
+    first error. Jobs with the same ``key`` (a run directory) run in order on one thread, so a
+    run's files are written in the order submitted; different keys may be written in parallel
+    (``threads`` > 1: many runs at once, where one thread's fsyncs would be the bottleneck).
+    Pending jobs are also flushed at interpreter exit."""
 
-    def __init__(self, max_pending: int = 512) -> None:
+    def __init__(self, max_pending: int = 512, threads: int = 1) -> None:
         # Bounded: if the disk falls behind, training waits rather than filling host memory.
-        self.jobs: queue.Queue = queue.Queue(maxsize=max_pending)
+        self.queues: list[queue.Queue] = [
+            queue.Queue(maxsize=max(1, max_pending // threads)) for _ in range(threads)
+        ]
         self.error: BaseException | None = None
-        self.thread: threading.Thread | None = None
+        self.threads: list[threading.Thread] = []
         self.newest_state: dict[Path, int] = {}  # run dir -> newest step whose state is queued
+        self._shard: dict[Any, int] = {}
         _WRITERS.add(self)
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, job: Callable[[], None], key: Any = None) -> None:
         if self.error is not None:
             self.flush()
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._work, daemon=True, name="grokinterp-io")
-            self.thread.start()
-        self.jobs.put(job)
+        if not self.threads:
+            for i, q in enumerate(self.queues):
+                t = threading.Thread(target=self._work, args=(q,), daemon=True, name=f"io-{i}")
+                t.start()
+                self.threads.append(t)
+        shard = self._shard.setdefault(key, len(self._shard) % len(self.queues))
+        self.queues[shard].put(job)
 
-    def _work(self) -> None:
+    def _work(self, jobs: queue.Queue) -> None:
         while True:
-            job = self.jobs.get()
+            job = jobs.get()
             try:
                 if self.error is None:
                     job()
             except BaseException as e:  # noqa: BLE001  (re-raised by flush in the caller)
                 self.error = e
             finally:
-                self.jobs.task_done()
+                jobs.task_done()
+
+    def join(self) -> None:
+        for q in self.queues:
+            q.join()
 
     def flush(self) -> None:
-        self.jobs.join()
+        self.join()
         if self.error is not None:
             err, self.error = self.error, None
             raise err
@@ -586,19 +662,26 @@ class AsyncWriter:
 def _flush_all_writers() -> None:
     for w in list(_WRITERS):
         try:
-            w.jobs.join()
+            w.join()
         except Exception:  # noqa: BLE001, S110
             pass
 
 
-def to_host(tree: Any, dtype: torch.dtype | None = None) -> tuple[Any, torch.cuda.Event | None]:
-    """Snapshot every tensor in ``tree`` (dicts, lists, tuples) into host memory now.
+# Where a CUDA snapshot is kept until the writer thread saves it: "pinned" = one asynchronous
+# copy into page-locked host memory at snapshot time; "device" = a packed copy on the GPU, moved
+# to the host by the writer thread (no host allocation on the training thread).
+SNAPSHOT_TO = "pinned"
 
-    Tensors are packed per (dtype, device) into one buffer: on CUDA one asynchronous transfer
-    into pinned memory (the training thread waits on nothing; the returned event says when the
-    data are there), on CPU one copy. The returned tensors are views of those buffers
-    (:func:`materialize` gives independent tensors). Floating tensors are cast to ``dtype``
-    first when given.
+
+def to_host(tree: Any, dtype: torch.dtype | None = None) -> tuple[Any, torch.cuda.Event | None]:
+    """Snapshot every tensor in ``tree`` (dicts, lists, tuples) now, for writing elsewhere.
+
+    Tensors are packed per (dtype, device) into one new buffer (the snapshot): on CUDA then
+    copied asynchronously into pinned memory (the training thread waits on nothing; the returned
+    event says when the data are there), or kept on the GPU (``SNAPSHOT_TO = "device"``) until
+    :func:`materialize` moves them; on CPU one copy. The returned tensors are views of those
+    buffers (:func:`materialize` gives independent host tensors). Floating tensors are cast to
+    ``dtype`` first when given.
     """
     groups: dict[tuple[torch.dtype, bool], list[torch.Tensor]] = {}
 
@@ -621,7 +704,7 @@ def to_host(tree: Any, dtype: torch.dtype | None = None) -> tuple[Any, torch.cud
     views: dict[tuple[torch.dtype, bool], list[torch.Tensor]] = {}
     for key, tensors in groups.items():
         flat = torch.cat([t.reshape(-1) for t in tensors])  # a new buffer: a true snapshot
-        if key[1]:
+        if key[1] and SNAPSHOT_TO == "pinned":
             host = torch.empty(flat.numel(), dtype=flat.dtype, pin_memory=True)
             host.copy_(flat, non_blocking=True)
         else:
@@ -629,7 +712,7 @@ def to_host(tree: Any, dtype: torch.dtype | None = None) -> tuple[Any, torch.cud
         sizes = [t.numel() for t in tensors]
         views[key] = [v.view(t.shape) for v, t in zip(host.split(sizes), tensors, strict=True)]
     event = None
-    if any(cuda for _, cuda in groups):
+    if SNAPSHOT_TO == "pinned" and any(cuda for _, cuda in groups):
         event = torch.cuda.Event()
         event.record()
 
@@ -650,9 +733,10 @@ class _Slot:
 
 
 def materialize(tree: Any) -> Any:
-    """``tree`` with every tensor cloned (independent storages, as the eager trainer saves)."""
+    """``tree`` with every tensor cloned into host memory (independent storages, as the eager
+    trainer saves)."""
     if isinstance(tree, torch.Tensor):
-        return tree.clone()
+        return tree.cpu() if tree.is_cuda else tree.clone()
     if isinstance(tree, dict):
         return {k: materialize(v) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
@@ -683,6 +767,40 @@ def write_checkpoint(
         atomic_write(out / "state" / "latest.pt", lambda tmp: torch.save(state, tmp))
 
 
+@dataclass
+class Snapshot:
+    """Host copies of a checkpoint's weights and resume state (see :func:`snapshot`)."""
+
+    step: int
+    weights: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    event: torch.cuda.Event | None
+
+
+def snapshot(
+    step: int, weights: dict[str, torch.Tensor], state: dict[str, Any], dtype: torch.dtype | None
+) -> Snapshot:
+    """Copy ``weights`` (cast to ``dtype``) and ``state`` to host memory now (asynchronously on
+    CUDA: the returned event says when the copies are done)."""
+    if dtype is None:  # one packed transfer for both
+        (host_w, host_s), event = to_host((weights, state))
+    else:
+        host_w, ev1 = to_host(weights, dtype)
+        host_s, ev2 = to_host(state)
+        event = ev2 if ev2 is not None else ev1
+    return Snapshot(step, host_w, host_s, event)
+
+
+def submit_snapshot(writer: AsyncWriter, out: Path, snap: Snapshot) -> None:
+    """Write ``snap`` as ``out``'s checkpoint on the writer's background thread."""
+    writer.newest_state[out] = snap.step
+    newest = writer.newest_state
+    writer.submit(
+        lambda: write_checkpoint(out, snap.step, snap.weights, snap.state, snap.event, newest),
+        key=out,
+    )
+
+
 def submit_checkpoint(
     writer: AsyncWriter,
     out: Path,
@@ -692,15 +810,7 @@ def submit_checkpoint(
     dtype: torch.dtype | None,
 ) -> None:
     """Snapshot ``weights`` (cast to ``dtype``) and ``state`` now; write them in the background."""
-    if dtype is None:  # one packed transfer for both
-        (host_w, host_s), event = to_host((weights, state))
-    else:
-        host_w, ev1 = to_host(weights, dtype)
-        host_s, ev2 = to_host(state)
-        event = ev2 if ev2 is not None else ev1
-    writer.newest_state[out] = step
-    newest = writer.newest_state
-    writer.submit(lambda: write_checkpoint(out, step, host_w, host_s, event, newest))
+    submit_snapshot(writer, out, snapshot(step, weights, state, dtype))
 
 
 # ============================================================================ the trainer
@@ -729,13 +839,15 @@ class FastTrainer(_Trainer):
         self.fast = FastForward.build(config.model, self.task, self.device, self.dtype)
         if self.fast is not None and not self.fast.agrees_with(self.model, self.x_train[:256]):
             self.fast = None  # an unknown model variant: use the module's own forward
-        self._tf32_prev = None
-        if tc.tf32 and self.device.type == "cuda":  # after the (full-precision) check
-            self._tf32_prev = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = True
+        self.tf32 = tc.tf32 and self.device.type == "cuda"
         self.host_seconds = {"metrics": 0.0, "checkpoint": 0.0}  # training-thread time spent
         if self.fast is not None:
             self.train_inputs = self.fast.prepare(self.x_train) if self.full_batch else None
+            self.train_loss = (
+                training_loss(self.fast, tc.loss, self.train_inputs, self.y_train, tc.compile)
+                if self.full_batch
+                else None
+            )
             self.eval_sets = [
                 (self.fast.prepare(x[i : i + 16384], backward=False), y[i : i + 16384])
                 for x, y in ((self.x_train, self.y_train), (self.x_test, self.y_test))
@@ -744,6 +856,7 @@ class FastTrainer(_Trainer):
             self.eval_split = [len(range(0, len(self.y_train), 16384))]
         self.runner: StepRunner | None = None
         self.writer = AsyncWriter()
+        self._prefetched: Snapshot | None = None
 
     # ------------------------------------------------------------------ pieces
     def _build_optimizer(self, previous: torch.optim.Optimizer | None = None) -> None:
@@ -762,8 +875,7 @@ class FastTrainer(_Trainer):
         kind = self.cfg.train.loss
         if self.full_batch:
             if self.fast is not None:
-                logits = self.fast.logits(self.stacked_params(), self.train_inputs)
-                return per_seed_loss(kind, logits, self.y_train).sum()
+                return self.train_loss(self.stacked_params())
             return loss_fn(kind, self.model(self.x_train), self.y_train)
         x, y = self.batch()
         if self.fast is not None:
@@ -812,6 +924,10 @@ class FastTrainer(_Trainer):
         self.runner = None
         if self.fast is not None and self.full_batch:
             self.train_inputs = self.fast.prepare(self.x_train)
+            tc = self.cfg.train
+            self.train_loss = training_loss(
+                self.fast, tc.loss, self.train_inputs, self.y_train, tc.compile
+            )
 
     def state(self) -> dict[str, Any]:
         state = super().state()
@@ -826,18 +942,32 @@ class FastTrainer(_Trainer):
     # ------------------------------------------------------------------ metrics
     @torch.no_grad()
     def metrics(self) -> dict[str, Any]:
-        """The eager trainer's metrics, computed on the device and read back in one sync."""
-        if self.device.type == "cuda":  # count the queued steps' GPU time as training time
-            start = time.perf_counter()
-            torch.cuda.synchronize(self.device)
-            self.wall += time.perf_counter() - start
-        start = time.perf_counter()
-        try:
-            return self._metrics()
-        finally:
-            self.host_seconds["metrics"] += time.perf_counter() - start
+        """The eager trainer's metrics, computed on the device and read back in one sync.
 
-    def _metrics(self) -> dict[str, Any]:
+        On CUDA the host runs ahead of the GPU by many queued steps. Everything this step needs
+        from the host (the evaluation's kernels and, when a checkpoint follows, its snapshot) is
+        queued *before* waiting, so that host work overlaps the GPU's backlog instead of
+        leaving the GPU idle after the wait."""
+        start = time.perf_counter()
+        steps_done = None
+        if self.device.type == "cuda":
+            steps_done = torch.cuda.Event()
+            steps_done.record()
+        if self.step in self.ckpt_steps:
+            self._prefetched = self._snapshot()
+        with matmul_precision(self.tf32):
+            values = self._metric_values()
+        if steps_done is not None:  # the queued steps' GPU time is training time
+            wait = time.perf_counter()
+            steps_done.synchronize()
+            self.wall += time.perf_counter() - wait
+            start += time.perf_counter() - wait
+        row = values() if callable(values) else values
+        self.host_seconds["metrics"] += time.perf_counter() - start
+        return row
+
+    def _metric_values(self) -> Any:
+        """The metrics row, or (fast forward) a function that reads it back from the device."""
         if self.fast is None:
             return super().metrics()
         kind = self.cfg.train.loss
@@ -856,24 +986,28 @@ class FastTrainer(_Trainer):
         k = self.eval_split[0]
         train_sum, test_sum = torch.stack(sums[:k]).sum(0), torch.stack(sums[k:]).sum(0)
         l2, l1 = per_seed_norms(p.unsqueeze(0) for p in self.params)
-        vals = torch.cat([train_sum, test_sum, l2, l1]).double().tolist()
-        return metrics_row(self, vals)
+        vals = torch.cat([train_sum, test_sum, l2, l1]).double()
+        return lambda: metrics_row(self, vals.tolist())
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self) -> None:
-        """Snapshot weights and resume state now; write them on the background thread."""
-        start = time.perf_counter()
+    def _snapshot(self) -> Snapshot:
         dtype = torch.float16 if self.cfg.train.checkpoint_dtype == "float16" else None
-        submit_checkpoint(
-            self.writer, self.out, self.step, self.model.state_dict(), self.state(), dtype
-        )
+        return snapshot(self.step, self.model.state_dict(), self.state(), dtype)
+
+    def checkpoint(self) -> None:
+        """Snapshot weights and resume state (or take the snapshot :meth:`metrics` queued for
+        this step); write them on the background thread."""
+        start = time.perf_counter()
+        snap, self._prefetched = self._prefetched, None
+        if snap is None or snap.step != self.step:
+            snap = self._snapshot()
+        else:  # host-side values decided after the evaluation
+            snap.state.update(above_count=self.above_count, wall=self.wall)
+        submit_snapshot(self.writer, self.out, snap)
         self.host_seconds["checkpoint"] += time.perf_counter() - start
 
     def finish(self) -> None:
         self.writer.flush()
-        if self._tf32_prev is not None:
-            torch.backends.cuda.matmul.allow_tf32 = self._tf32_prev
-            self._tf32_prev = None
 
 
 def resolve_engine(config: RunConfig) -> str:
@@ -901,6 +1035,7 @@ __all__ = [
     "FastTrainer",
     "Gather",
     "Inputs",
+    "Snapshot",
     "StepRunner",
     "adopt_fast_optimizer_state",
     "eager_optimizer_state",
@@ -910,10 +1045,14 @@ __all__ = [
     "make_gather",
     "make_trainer",
     "materialize",
+    "matmul_precision",
     "per_seed_loss",
     "per_seed_norms",
     "resolve_engine",
     "to_host",
+    "training_loss",
+    "snapshot",
     "submit_checkpoint",
+    "submit_snapshot",
     "write_checkpoint",
 ]

@@ -46,10 +46,12 @@ from grokinterp.training.fast import (
     eager_optimizer_state,
     graph_blockers,
     make_fast_optimizer,
+    matmul_precision,
     metrics_row,
     per_seed_loss,
     per_seed_norms,
     submit_checkpoint,
+    training_loss,
 )
 from grokinterp.training.optim import make_gradient_filter
 from grokinterp.training.schedule import checkpoint_schedule
@@ -161,6 +163,12 @@ class _PerSeedNorm:
             p.mul_(scale.view(-1, *([1] * (p.ndim - 1))))
 
 
+# Checkpoint-writer threads for S runs at once (runs are sharded over them; each run's files
+# stay in order). More threads overlap the runs' fsyncs but compete with the training thread for
+# the GIL: see benchmarks/RESULTS.md.
+WRITER_THREADS = 1
+
+
 class _MultiSeedTrainer:
     """S runs of one config (differing in ``train.seed``) with stacked parameters."""
 
@@ -172,7 +180,6 @@ class _MultiSeedTrainer:
         self.device = _resolve_device(tc.device)
         self.dtype = DTYPES[tc.dtype]
         self.task = make_task(base.task.name, **base.task.params)
-        self._tf32_prev = None
         models, self.rng_states = [], []
         for c in configs:
             models.append(_initial_model(c, self.task).to(self.device, self.dtype))
@@ -207,11 +214,12 @@ class _MultiSeedTrainer:
             self.fast = None
         if self.fast is None:
             return
-        if tc.tf32 and self.device.type == "cuda":  # after the (full-precision) check
-            self._tf32_prev = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = True
-        self.writer = AsyncWriter()
+        self.tf32 = tc.tf32 and self.device.type == "cuda"
+        self.writer = AsyncWriter(threads=min(WRITER_THREADS, len(dirs)))
         self.train_inputs = self.fast.prepare(self.x_train)
+        self.train_loss = training_loss(
+            self.fast, tc.loss, self.train_inputs, self.y_train, tc.compile
+        )
         self.eval_sets = [
             (self.fast.prepare(x[i : i + 16384], backward=False), y[i : i + 16384], split)
             for split, x, y in ((0, self.x_train, self.y_train), (1, self.x_test, self.y_test))
@@ -263,8 +271,7 @@ class _MultiSeedTrainer:
                 p.grad.mul_(m)
 
     def _loss(self) -> torch.Tensor:
-        logits = self.fast.logits(self.params, self.train_inputs)
-        return per_seed_loss(self.tc.loss, logits, self.y_train).sum()
+        return self.train_loss(self.params)
 
     def _after_backward(self) -> None:
         if self.masks:
@@ -287,7 +294,8 @@ class _MultiSeedTrainer:
             self.wall += time.perf_counter() - start
         sums = torch.zeros(2, 2, len(self.dirs), dtype=torch.float64, device=self.device)
         for inputs, y, split in self.eval_sets:
-            logits = self.fast.logits(self.params, inputs)
+            with matmul_precision(self.tf32):
+                logits = self.fast.logits(self.params, inputs)
             sums[split, 0] += (per_seed_loss(self.tc.loss, logits, y) * len(y)).double()
             sums[split, 1] += (logits.argmax(-1) == y).sum(1).double()
         l2, l1 = per_seed_norms(self.plist)
@@ -359,8 +367,6 @@ class _MultiSeedTrainer:
             for f in logs:
                 f.close()
             self.writer.flush()
-            if self._tf32_prev is not None:
-                torch.backends.cuda.matmul.allow_tf32 = self._tf32_prev
 
     def _loop(self, runs: list[Run], logs: list, progress: bool) -> list[Run]:
         tc, n = self.tc, len(self.dirs)

@@ -52,6 +52,7 @@ RESUMABLE_CHANGES = {
     ("train", "device"),
     ("train", "engine"),
     ("train", "tf32"),
+    ("train", "compile"),
 }
 
 

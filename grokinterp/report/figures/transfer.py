@@ -191,7 +191,9 @@ def transfer_overlap_figure(results: Mapping[str, Any], title: str | None = None
 
 def transfer_subspace_figure(results: Mapping[str, Any], title: str | None = None) -> go.Figure:
     """Over training: linear CKA(E_W, E_T), the share of E_T's energy inside span(E_W) (left)
-    and the principal angles between span(E_W) and E_T's top-r subspace in degrees (right)."""
+    and the principal angles between span(E_W) and E_T's top-r subspace in degrees (right).
+    For an mlp E_T is the first layer's W_in; on XOR-cluster data (``signal_energy`` present)
+    the left panel adds its share of energy on the signal coordinates x₁, x₂."""
     steps = _log_x(_steps(results))
     fig = make_subplots(
         rows=1,
@@ -202,6 +204,10 @@ def transfer_subspace_figure(results: Mapping[str, Any], title: str | None = Non
     fig.add_trace(
         go.Scatter(x=steps, y=_get(results, "subspace_energy"), name="energy in span(E_W)"), 1, 1
     )
+    if any(k.endswith("signal_energy") and "weak" not in k for k in results):  # XOR clusters
+        fig.add_trace(
+            go.Scatter(x=steps, y=_get(results, "signal_energy"), name="energy on x₁, x₂"), 1, 1
+        )
     angles = np.degrees(_get(results, "principal_angles"))
     for j in range(angles.shape[1]):
         fig.add_trace(
