@@ -68,14 +68,21 @@ def test_factorized_embedding_reproduces_a_times_b_exactly_at_step_0(weak, tmp_p
     assert run.config.parent == str(weak.path.resolve())
 
 
-def test_merge_leaves_the_function_unchanged_at_the_merge_step(weak, tmp_path):
-    plain = X.transfer(weak, _cfg(TARGET), weak_at=10, out_dir=tmp_path / "a")
-    merged = X.transfer(weak, _cfg(TARGET), weak_at=10, out_dir=tmp_path / "b", merge_at=10)
+def check_merge_at_10(weak: Run, target: RunConfig, tmp_path) -> tuple[Run, Run]:
+    """GrokTransfer with and without ``--merge-at 10``: at step 10 the merged W_E is exactly
+    A·B and the function is unchanged (Xu et al. 2025, Fig. 15b). Shared with the XOR tests."""
+    plain = X.transfer(weak, target, weak_at=10, out_dir=tmp_path / "a")
+    merged = X.transfer(weak, target, weak_at=10, out_dir=tmp_path / "b", merge_at=10)
     a, b = plain.load_state(10), merged.load_state(10)
     assert "embed.W_A" in a and "embed.W_E" in b and "embed.W_A" not in b
     assert torch.equal(b["embed.W_E"], a["embed.W_A"] @ a["embed.W_B"])
     x = plain.task().x_test
     assert torch.equal(plain.model(10)(x), merged.model(10)(x))
+    return plain, merged
+
+
+def test_merge_leaves_the_function_unchanged_at_the_merge_step(weak, tmp_path):
+    plain, merged = check_merge_at_10(weak, _cfg(TARGET), tmp_path)
     for s in (0, 5):  # identical before the merge
         assert all(torch.equal(plain.load_state(s)[k], v) for k, v in merged.load_state(s).items())
     assert "embed.W_E" in merged.load_state(20)  # and trained on as a full matrix

@@ -16,6 +16,7 @@ from grokinterp.models import build_model, first_layer_weight
 from grokinterp.store import Run
 from grokinterp.tasks import make_task
 from grokinterp.training import train
+from tests.test_transfer import check_merge_at_10
 
 TASK = ["task.name=xor_cluster", "task.dimension=100", "task.n_train=100", "task.n_test=200"]
 SMALL = [
@@ -105,13 +106,7 @@ def test_factorized_mlp_reproduces_a_times_b_exactly_at_step_0(weak, tmp_path):
 
 
 def test_merge_leaves_the_function_unchanged_at_the_merge_step(weak, tmp_path):
-    plain = X.transfer(weak, _cfg(TARGET), weak_at=10, out_dir=tmp_path / "a")
-    merged = X.transfer(weak, _cfg(TARGET), weak_at=10, out_dir=tmp_path / "b", merge_at=10)
-    a, b = plain.load_state(10), merged.load_state(10)
-    assert "embed.W_A" in a and "embed.W_E" in b and "embed.W_A" not in b
-    assert torch.equal(b["embed.W_E"], a["embed.W_A"] @ a["embed.W_B"])
-    x = plain.task().x_test
-    assert torch.equal(plain.model(10)(x), merged.model(10)(x))
+    _, merged = check_merge_at_10(weak, _cfg(TARGET), tmp_path)
     assert merged.metrics[-1]["step"] == 20  # and it trains on after the merge
 
 
