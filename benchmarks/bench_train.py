@@ -42,7 +42,7 @@ from grokinterp.config import RunConfig, apply_overrides, load_preset
 from grokinterp.store import Run, first_step_reaching
 from grokinterp.tasks import make_task
 from grokinterp.training import fast as fast_engine
-from grokinterp.training import multiseed, train
+from grokinterp.training import train
 from grokinterp.training.fast import FastTrainer, matmul_precision
 from grokinterp.training.multiseed import _MultiSeedTrainer, seed_config
 from grokinterp.training.optim import warmup_factor
@@ -348,22 +348,16 @@ def seeds_end_to_end(args) -> dict:
     start = time.perf_counter()
     train(apply_overrides(cfg, ["train.engine=fast"]), OUT / "e2e" / "one", progress=False)
     one = time.perf_counter() - start
-    res = {"one_s": one, "S": s}
-    for threads in args.e2e_writer_threads:
-        multiseed.WRITER_THREADS = threads
-        shutil.rmtree(OUT / "e2e" / "many", ignore_errors=True)
-        start = time.perf_counter()
-        runs = train_seeds(cfg, list(range(s)), OUT / "e2e" / "many", progress=False)
-        many = time.perf_counter() - start
-        size = sum(r.size_bytes() for r in runs)
-        print(
-            f"\n[end to end, {args.e2e_steps} steps, dense checkpoints, {threads} writer threads] "
-            f"1 seed {one:.1f} s; {s} seeds {many:.1f} s = ×{many / one:.2f}; "
-            f"{size / 1e9:.2f} GB written"
-        )
-        res[f"writers_{threads}"] = {"many_s": many, "ratio": many / one, "bytes": size}
+    start = time.perf_counter()
+    runs = train_seeds(cfg, list(range(s)), OUT / "e2e" / "many", progress=False)
+    many = time.perf_counter() - start
+    size = sum(r.size_bytes() for r in runs)
+    print(
+        f"\n[end to end, {args.e2e_steps} steps, dense checkpoints] 1 seed {one:.1f} s; {s} seeds "
+        f"{many:.1f} s = ×{many / one:.2f}; {size / 1e9:.2f} GB written"
+    )
     shutil.rmtree(OUT / "e2e", ignore_errors=True)
-    return res
+    return {"one_s": one, "many_s": many, "S": s, "ratio": many / one, "bytes": size}
 
 
 # ----------------------------------------------------------------------------- (d) checkpoints
@@ -403,14 +397,11 @@ def bench_ckpt(args) -> dict:
         "dense": [],
         "dense_fp16": ["train.checkpoint_dtype=float16"],
         "dense_no_disk": [],  # snapshots taken, files not written: the writer thread's share
-        "dense_device_snapshot": [],  # fast.SNAPSHOT_TO = "device" instead of "pinned"
     }
     engines = ["fast"] if args.device == "cuda" else ["fast", "eager"]
     res: dict = {}
     for engine in engines:
-        names = [k for k in variants if engine == "fast" or k in ("none", "dense", "dense_fp16")]
-        if args.device != "cuda":
-            names = [k for k in names if k != "dense_device_snapshot"]
+        names = [k for k in variants if engine == "fast" or k != "dense_no_disk"]
         times: dict[str, list[float]] = {k: [] for k in names}
         info, host = {}, {}
         warm = apply_overrides(base, [f"train.engine={engine}", "train.steps=20"])
@@ -423,10 +414,8 @@ def bench_ckpt(args) -> dict:
                 LAST_HOST_SECONDS.clear()
                 sync(args.device)
                 start = time.perf_counter()
-                fast_engine.SNAPSHOT_TO = "device" if k == "dense_device_snapshot" else "pinned"
                 with no_disk_writes(enabled=k == "dense_no_disk"):
                     run = train(cfg, out, progress=False)
-                fast_engine.SNAPSHOT_TO = "pinned"
                 sync(args.device)
                 times[k].append(time.perf_counter() - start)
                 host[k] = dict(LAST_HOST_SECONDS)  # empty for the eager engine
@@ -523,7 +512,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--end-to-end", action="store_true", help="seeds: also train_seeds() runs")
     ap.add_argument("--e2e-steps", type=int, default=1000)
     ap.add_argument("--e2e-set", nargs="*", default=[], help="seeds --end-to-end: overrides")
-    ap.add_argument("--e2e-writer-threads", type=int, nargs="+", default=[1])
     ap.add_argument("--ckpt-preset", default="nanda2023")
     ap.add_argument("--ckpt-steps", type=int, default=3000)
     ap.add_argument("--run", default="checkpoints/bench_demo")

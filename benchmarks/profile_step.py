@@ -82,7 +82,6 @@ def snapshot_costs(preset: str, n: int = 20) -> None:
     """Host time of each part of a fast-engine checkpoint snapshot (GPU idle before each)."""
     from pathlib import Path
 
-    from grokinterp.training import fast
     from grokinterp.training.fast import FastTrainer, to_host
 
     cfg = apply_overrides(load_preset(preset), ["train.device=cuda", "train.engine=fast"])
@@ -92,12 +91,10 @@ def snapshot_costs(preset: str, n: int = 20) -> None:
     parts = {
         "state()": t.state,
         "model.state_dict()": t.model.state_dict,
-        "to_host pinned": lambda: to_host((t.model.state_dict(), t.state())),
-        "to_host device": lambda: to_host((t.model.state_dict(), t.state())),
+        "to_host (packed, pinned)": lambda: to_host((t.model.state_dict(), t.state())),
     }
     print(f"\n[{preset}] host ms per call, GPU idle before each call ({n} calls)")
     for name, fn in parts.items():
-        fast.SNAPSHOT_TO = "device" if name.endswith("device") else "pinned"
         total = 0.0
         for _ in range(n):
             torch.cuda.synchronize()
@@ -105,7 +102,6 @@ def snapshot_costs(preset: str, n: int = 20) -> None:
             fn()
             total += time.perf_counter() - start
         print(f"  {name:22s} {1e3 * total / n:8.3f} ms")
-    fast.SNAPSHOT_TO = "pinned"
 
 
 def main() -> None:

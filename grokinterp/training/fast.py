@@ -608,51 +608,41 @@ _WRITERS: weakref.WeakSet = weakref.WeakSet()
 
 
 class AsyncWriter:
-    """Background threads that run write jobs; :meth:`flush` waits for them and re-raises the
-    first error. Jobs with the same ``key`` (a run directory) run in order on one thread, so a
-    run's files are written in the order submitted; different keys may be written in parallel
-    (``threads`` > 1: many runs at once, where one thread's fsyncs would be the bottleneck).
-    Pending jobs are also flushed at interpreter exit."""
+    """One background thread that runs write jobs in order; :meth:`flush` waits for them and
+    re-raises the first error. Pending jobs are also flushed at interpreter exit.
 
-    def __init__(self, max_pending: int = 512, threads: int = 1) -> None:
+    One thread, also for many runs at once: 2, 4 and 8 threads sharded by run were measured
+    slower (they compete with the training thread for the GIL; benchmarks/RESULTS.md)."""
+
+    def __init__(self, max_pending: int = 512) -> None:
         # Bounded: if the disk falls behind, training waits rather than filling host memory.
-        self.queues: list[queue.Queue] = [
-            queue.Queue(maxsize=max(1, max_pending // threads)) for _ in range(threads)
-        ]
+        self.jobs: queue.Queue = queue.Queue(maxsize=max_pending)
         self.error: BaseException | None = None
-        self.threads: list[threading.Thread] = []
+        self.thread: threading.Thread | None = None
         self.newest_state: dict[Path, int] = {}  # run dir -> newest step whose state is queued
-        self._shard: dict[Any, int] = {}
         _WRITERS.add(self)
 
-    def submit(self, job: Callable[[], None], key: Any = None) -> None:
+    def submit(self, job: Callable[[], None]) -> None:
         if self.error is not None:
             self.flush()
-        if not self.threads:
-            for i, q in enumerate(self.queues):
-                t = threading.Thread(target=self._work, args=(q,), daemon=True, name=f"io-{i}")
-                t.start()
-                self.threads.append(t)
-        shard = self._shard.setdefault(key, len(self._shard) % len(self.queues))
-        self.queues[shard].put(job)
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._work, daemon=True, name="grokinterp-io")
+            self.thread.start()
+        self.jobs.put(job)
 
-    def _work(self, jobs: queue.Queue) -> None:
+    def _work(self) -> None:
         while True:
-            job = jobs.get()
+            job = self.jobs.get()
             try:
                 if self.error is None:
                     job()
             except BaseException as e:  # noqa: BLE001  (re-raised by flush in the caller)
                 self.error = e
             finally:
-                jobs.task_done()
-
-    def join(self) -> None:
-        for q in self.queues:
-            q.join()
+                self.jobs.task_done()
 
     def flush(self) -> None:
-        self.join()
+        self.jobs.join()
         if self.error is not None:
             err, self.error = self.error, None
             raise err
@@ -662,15 +652,9 @@ class AsyncWriter:
 def _flush_all_writers() -> None:
     for w in list(_WRITERS):
         try:
-            w.join()
+            w.jobs.join()
         except Exception:  # noqa: BLE001, S110
             pass
-
-
-# Where a CUDA snapshot is kept until the writer thread saves it: "pinned" = one asynchronous
-# copy into page-locked host memory at snapshot time; "device" = a packed copy on the GPU, moved
-# to the host by the writer thread (no host allocation on the training thread).
-SNAPSHOT_TO = "pinned"
 
 
 def to_host(tree: Any, dtype: torch.dtype | None = None) -> tuple[Any, torch.cuda.Event | None]:
@@ -678,10 +662,10 @@ def to_host(tree: Any, dtype: torch.dtype | None = None) -> tuple[Any, torch.cud
 
     Tensors are packed per (dtype, device) into one new buffer (the snapshot): on CUDA then
     copied asynchronously into pinned memory (the training thread waits on nothing; the returned
-    event says when the data are there), or kept on the GPU (``SNAPSHOT_TO = "device"``) until
-    :func:`materialize` moves them; on CPU one copy. The returned tensors are views of those
-    buffers (:func:`materialize` gives independent host tensors). Floating tensors are cast to
-    ``dtype`` first when given.
+    event says when the data are there), on CPU one copy. The returned tensors are views of
+    those buffers (:func:`materialize` gives independent tensors). Floating tensors are cast to
+    ``dtype`` first when given. (Keeping the snapshot on the GPU for the writer thread to move
+    was measured slower: its small synchronous copies stall the training stream.)
     """
     groups: dict[tuple[torch.dtype, bool], list[torch.Tensor]] = {}
 
@@ -704,7 +688,7 @@ def to_host(tree: Any, dtype: torch.dtype | None = None) -> tuple[Any, torch.cud
     views: dict[tuple[torch.dtype, bool], list[torch.Tensor]] = {}
     for key, tensors in groups.items():
         flat = torch.cat([t.reshape(-1) for t in tensors])  # a new buffer: a true snapshot
-        if key[1] and SNAPSHOT_TO == "pinned":
+        if key[1]:
             host = torch.empty(flat.numel(), dtype=flat.dtype, pin_memory=True)
             host.copy_(flat, non_blocking=True)
         else:
@@ -712,7 +696,7 @@ def to_host(tree: Any, dtype: torch.dtype | None = None) -> tuple[Any, torch.cud
         sizes = [t.numel() for t in tensors]
         views[key] = [v.view(t.shape) for v, t in zip(host.split(sizes), tensors, strict=True)]
     event = None
-    if SNAPSHOT_TO == "pinned" and any(cuda for _, cuda in groups):
+    if any(cuda for _, cuda in groups):
         event = torch.cuda.Event()
         event.record()
 
@@ -733,10 +717,9 @@ class _Slot:
 
 
 def materialize(tree: Any) -> Any:
-    """``tree`` with every tensor cloned into host memory (independent storages, as the eager
-    trainer saves)."""
+    """``tree`` with every tensor cloned (independent storages, as the eager trainer saves)."""
     if isinstance(tree, torch.Tensor):
-        return tree.cpu() if tree.is_cuda else tree.clone()
+        return tree.clone()
     if isinstance(tree, dict):
         return {k: materialize(v) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
@@ -796,8 +779,7 @@ def submit_snapshot(writer: AsyncWriter, out: Path, snap: Snapshot) -> None:
     writer.newest_state[out] = snap.step
     newest = writer.newest_state
     writer.submit(
-        lambda: write_checkpoint(out, snap.step, snap.weights, snap.state, snap.event, newest),
-        key=out,
+        lambda: write_checkpoint(out, snap.step, snap.weights, snap.state, snap.event, newest)
     )
 
 

@@ -163,12 +163,6 @@ class _PerSeedNorm:
             p.mul_(scale.view(-1, *([1] * (p.ndim - 1))))
 
 
-# Checkpoint-writer threads for S runs at once (runs are sharded over them; each run's files
-# stay in order). More threads overlap the runs' fsyncs but compete with the training thread for
-# the GIL: see benchmarks/RESULTS.md.
-WRITER_THREADS = 1
-
-
 class _MultiSeedTrainer:
     """S runs of one config (differing in ``train.seed``) with stacked parameters."""
 
@@ -215,7 +209,7 @@ class _MultiSeedTrainer:
         if self.fast is None:
             return
         self.tf32 = tc.tf32 and self.device.type == "cuda"
-        self.writer = AsyncWriter(threads=min(WRITER_THREADS, len(dirs)))
+        self.writer = AsyncWriter()
         self.train_inputs = self.fast.prepare(self.x_train)
         self.train_loss = training_loss(
             self.fast, tc.loss, self.train_inputs, self.y_train, tc.compile
