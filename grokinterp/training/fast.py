@@ -783,18 +783,6 @@ def submit_snapshot(writer: AsyncWriter, out: Path, snap: Snapshot) -> None:
     )
 
 
-def submit_checkpoint(
-    writer: AsyncWriter,
-    out: Path,
-    step: int,
-    weights: dict[str, torch.Tensor],
-    state: dict[str, Any],
-    dtype: torch.dtype | None,
-) -> None:
-    """Snapshot ``weights`` (cast to ``dtype``) and ``state`` now; write them in the background."""
-    submit_snapshot(writer, out, snapshot(step, weights, state, dtype))
-
-
 # ============================================================================ the trainer
 
 
@@ -948,7 +936,7 @@ class FastTrainer(_Trainer):
         self.host_seconds["metrics"] += time.perf_counter() - start
         return row
 
-    def _metric_values(self) -> Any:
+    def _metric_values(self) -> dict[str, Any] | Callable[[], dict[str, Any]]:
         """The metrics row, or (fast forward) a function that reads it back from the device."""
         if self.fast is None:
             return super().metrics()
@@ -1034,7 +1022,6 @@ __all__ = [
     "to_host",
     "training_loss",
     "snapshot",
-    "submit_checkpoint",
     "submit_snapshot",
     "write_checkpoint",
 ]

@@ -50,7 +50,8 @@ from grokinterp.training.fast import (
     metrics_row,
     per_seed_loss,
     per_seed_norms,
-    submit_checkpoint,
+    snapshot,
+    submit_snapshot,
     training_loss,
 )
 from grokinterp.training.optim import make_gradient_filter
@@ -339,7 +340,8 @@ class _MultiSeedTrainer:
                 for k in self.state_keys
             }
             state = self._seed_state(i, opt_state, above[i])
-            submit_checkpoint(self.writer, self.dirs[i], self.step, weights, state, ckpt_dtype)
+            snap = snapshot(self.step, weights, state, ckpt_dtype)
+            submit_snapshot(self.writer, self.dirs[i], snap)
 
     # ------------------------------------------------------------------ the loop
     def run(self, progress: bool) -> list[Run]:
