@@ -2,7 +2,7 @@
 measured in the same process, interleaved round by round; medians are reported.
 
     python benchmarks/bench_train.py step  [--device cpu|cuda] [--presets demo nanda2023]
-    python benchmarks/bench_train.py grok  [--device cuda]      # wall-clock to 99% test acc
+    python benchmarks/bench_train.py grok  [--device cuda]      # wall-clock until it grokked
     python benchmarks/bench_train.py seeds [--device cuda] [--seeds 1 8 64]
     python benchmarks/bench_train.py ckpt  [--device cpu|cuda]  # dense checkpointing overhead
     python benchmarks/bench_train.py analysis [--run checkpoints/demo]
@@ -14,8 +14,11 @@ Add ``--json FILE`` to save the numbers. Baselines:
   ``torch.optim.AdamW``, the same warm-up through ``LambdaLR``, evaluation every 100 steps.
 - ``eager``: grokinterp's eager trainer (``train.engine = "eager"``: last position only,
   foreach AdamW).
-- ``fast``: :class:`grokinterp.training.fast.FastTrainer` (token tables, fused AdamW, on CUDA one
-  CUDA graph per step), and variants of it.
+- ``fast``: the fast engine (:mod:`grokinterp.training.engines.fast`: token tables, fused AdamW,
+  on CUDA one CUDA graph per step), and variants of it.
+
+``eager`` and ``fast`` are :class:`grokinterp.training.group.SeedGroup` steps (the training loop's
+step without files); ``train()`` runs use ``train.threads = 0`` (the ``--threads`` set here).
 
 All three start from the same initial weights (``train.seed``) and the same split.
 """
@@ -38,29 +41,30 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from grokinterp.analysis.curves import DEFAULT_THRESHOLD, grok_times
 from grokinterp.config import RunConfig, apply_overrides, load_preset
-from grokinterp.store import Run, first_step_reaching
+from grokinterp.models.functional import matmul_precision
+from grokinterp.store import Run
+from grokinterp.store import writer as store_writer
 from grokinterp.tasks import make_task
-from grokinterp.training import fast as fast_engine
-from grokinterp.training import train
-from grokinterp.training.fast import FastTrainer, matmul_precision
-from grokinterp.training.multiseed import _MultiSeedTrainer, seed_config
+from grokinterp.training import train, train_seeds
+from grokinterp.training.group import SeedGroup, initial_model
 from grokinterp.training.optim import warmup_factor
-from grokinterp.training.trainer import _initial_model, _Trainer
+from grokinterp.training.seeds import seed_config
 
 OUT = Path(tempfile.gettempdir()) / "grokinterp_bench"
-LAST_HOST_SECONDS: dict[str, float] = {}  # FastTrainer.host_seconds of the last train() call
+LAST_HOST_SECONDS: dict[str, float] = {}  # SeedGroup.host_seconds of the last train() call
 
-_finish = FastTrainer.finish
+_close = SeedGroup.close
 
 
-def _record_finish(self) -> None:  # keep the training-thread timings of each benchmarked run
-    _finish(self)
+def _record_close(self, quiet: bool = False) -> None:  # training-thread timings of each run
+    _close(self, quiet)
     LAST_HOST_SECONDS.clear()
     LAST_HOST_SECONDS.update(self.host_seconds)
 
 
-FastTrainer.finish = _record_finish
+SeedGroup.close = _record_close
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -82,7 +86,8 @@ def machine() -> dict[str, str]:
 
 
 def config_for(preset: str, device: str, extra: list[str] | None = None) -> RunConfig:
-    return apply_overrides(load_preset(preset), [f"train.device={device}", *(extra or [])])
+    over = [f"train.device={device}", "train.threads=0", *(extra or [])]
+    return apply_overrides(load_preset(preset), over)
 
 
 def sync(device: str) -> None:
@@ -96,7 +101,7 @@ class PlainLoop:
     def __init__(self, cfg: RunConfig):
         self.device = torch.device(cfg.train.device)
         self.task = make_task(cfg.task.name, **cfg.task.params)
-        self.model = _initial_model(cfg, self.task).to(self.device)  # same init as grokinterp
+        self.model = initial_model(cfg, self.task).to(self.device)  # same init as grokinterp
         tc = cfg.train
         self.opt = torch.optim.AdamW(
             self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay
@@ -152,19 +157,18 @@ def tf32_call(fn: Callable[[], None]) -> None:
 
 
 def fast_variant(cfg: RunConfig, **kw) -> Callable[[], None]:
-    """A FastTrainer's step with options: graph=False, gemm_backward=bool, tf32=True."""
+    """The fast engine's step with options: graph=False, gemm_backward=bool, tf32=True."""
     if kw.get("tf32"):
         cfg = apply_overrides(cfg, ["train.tf32=true"])
-    t = FastTrainer(cfg, OUT / "unused", progress=False)
-    if "gemm_backward" in kw and t.fast is not None:
-        t.fast.gemm_backward = kw["gemm_backward"]
-        t.train_inputs = t.fast.prepare(t.x_train)
+    g = SeedGroup([cfg], "fast")
+    assert g.engine.name == "fast", "fast forward rejected"
+    if "gemm_backward" in kw:
+        g.engine.fast.gemm_backward = kw["gemm_backward"]
+        g.engine._build_train_loss()
     if kw.get("graph") is False:
-        t.runner = t._make_runner()
-        t.runner.use_graph = False
-        t.runner.stream = None
-    assert t.fast is not None, "fast forward rejected"
-    return t.train_step
+        g.runner.use_graph = False
+        g.runner.stream = None
+    return g.train_step
 
 
 # ----------------------------------------------------------------------------- (a)/(b) steps
@@ -174,7 +178,7 @@ def bench_step(args) -> dict:
     results = {}
     for preset in args.presets:
         cfg = config_for(preset, args.device)
-        plain, eager = PlainLoop(cfg), _Trainer(cfg, OUT / "unused", progress=False)
+        plain, eager = PlainLoop(cfg), SeedGroup([cfg], "eager")
         fns = {"plain": plain.train_step, "eager": eager.train_step, "fast": fast_variant(cfg)}
         if args.device == "cuda":
             fns["fast_no_graph"] = fast_variant(cfg, graph=False)
@@ -212,7 +216,7 @@ def bench_compile(args) -> dict:
         "graph+tf32": ["train.tf32=true"],
         "graph+tf32+compile": ["train.tf32=true", "train.compile=true"],
     }.items():
-        t = FastTrainer(config_for("nanda2023", "cuda", extra), OUT / "unused", progress=False)
+        t = SeedGroup([config_for("nanda2023", "cuda", extra)], "fast")
         start = time.perf_counter()
         for _ in range(15):  # (compile +) warm-up + capture
             t.train_step()
@@ -231,7 +235,10 @@ def bench_compile(args) -> dict:
 
 
 def bench_grok(args) -> dict:
-    """Wall-clock until test accuracy ≥ 99% (evaluated every 100 steps), same seed/split/init."""
+    """Wall-clock until the run grokked — test accuracy ≥ ``DEFAULT_THRESHOLD`` (95 %; the
+    ``generalize_step`` of :func:`grokinterp.analysis.curves.grok_times`; 99 % before issue 14),
+    evaluated every 100 steps — with the same seed, split and initial weights."""
+    level = DEFAULT_THRESHOLD
     cfg = config_for("nanda2023", args.device)
     res: dict = {}
     if args.device == "cuda":  # CUDA context and cuBLAS handles: paid before either clock starts
@@ -242,7 +249,7 @@ def bench_grok(args) -> dict:
         cfg,
         [
             "train.engine=fast",
-            "train.early_stop_acc=0.99",
+            f"train.early_stop_acc={level}",
             "train.early_stop_patience=1",
             f"train.steps={args.max_steps}",
         ],
@@ -264,10 +271,10 @@ def bench_grok(args) -> dict:
         run = train(apply_overrides(fast_cfg, extra), out, progress=False)
         sync(args.device)
         res[f"{name}_s"] = time.perf_counter() - start
-        res[f"{name}_step"] = first_step_reaching(run, "test_acc", 0.99)
+        res[f"{name}_step"] = grok_times(run.metrics, level).generalize_step
         res[f"{name}_checkpoints"] = len(run.steps)
         print(
-            f"{name:18s}: 99% test acc at step {res[f'{name}_step']} after "
+            f"{name:18s}: {level:.0%} test acc at step {res[f'{name}_step']} after "
             f"{res[f'{name}_s']:.2f} s (all in, {len(run.steps)} checkpoints)"
         )
     for name in args.grok_baselines:
@@ -277,18 +284,18 @@ def bench_grok(args) -> dict:
             t = PlainLoop(cfg)
             acc_at = t.test_acc
         else:
-            t = _Trainer(cfg, OUT / "unused", progress=False)
-            acc_at = lambda t=t: t.metrics()["test_acc"]  # noqa: E731
+            t = SeedGroup([cfg], "eager")
+            acc_at = lambda t=t: t.evaluate()[0]["test_acc"]  # noqa: E731
         step = None
         while t.step < args.max_steps:
             t.train_step()
-            if t.step % cfg.train.eval_every == 0 and acc_at() >= 0.99:
+            if t.step % cfg.train.eval_every == 0 and acc_at() >= level:
                 step = t.step
                 break
         sync(args.device)
         res[f"{name}_s"] = time.perf_counter() - start
         res[f"{name}_step"] = step
-        print(f"{name:18s}: 99% test acc at step {step} after {res[name + '_s']:.2f} s")
+        print(f"{name:18s}: {level:.0%} test acc at step {step} after {res[name + '_s']:.2f} s")
         for v in variants:
             res[f"time_ratio_{name}_over_{v}"] = res[f"{name}_s"] / res[f"{v}_s"]
             res[f"step_ratio_{v}_over_{name}"] = (res[f"{v}_step"] or 0) / (step or float("nan"))
@@ -312,9 +319,8 @@ def bench_seeds(args) -> dict:
         fns = {}
         for s in args.seeds:
             cfgs = [seed_config(cfg, k) for k in range(s)]
-            t = _MultiSeedTrainer(cfgs, [OUT / f"unused{k}" for k in range(s)])
-            assert t.fast is not None, "fast forward rejected"
-            fns[f"S={s}"] = lambda t=t: (t.runner.step(t.step), setattr(t, "step", t.step + 1))
+            t = SeedGroup(cfgs, "fast")
+            fns[f"S={s}"] = t.train_step
         r = interleaved(fns, args.device, args.steps or 30, args.rounds, warmup=15)
         one = r[f"S={args.seeds[0]}"] / args.seeds[0]
         tag = ("tf32" if tf32 else "fp32") + ("+compile" if comp else "")
@@ -335,8 +341,6 @@ def bench_seeds(args) -> dict:
 
 def seeds_end_to_end(args) -> dict:
     """``train_seeds`` of S seeds (dense checkpoints, all files) vs ``train`` of one seed."""
-    from grokinterp.training.multiseed import train_seeds
-
     s = max(args.seeds)
     cfg = config_for(
         args.seed_preset,
@@ -370,7 +374,7 @@ def no_disk_writes(enabled: bool):
     if not enabled:
         yield
         return
-    real = fast_engine.write_checkpoint
+    real = store_writer.write_checkpoint
     calls = [0]
 
     def snapshot_only(out, step, weights, state, event, newest_state=None):
@@ -380,11 +384,11 @@ def no_disk_writes(enabled: bool):
         if event is not None:
             event.synchronize()
 
-    fast_engine.write_checkpoint = snapshot_only
+    store_writer.write_checkpoint = snapshot_only
     try:
         yield
     finally:
-        fast_engine.write_checkpoint = real
+        store_writer.write_checkpoint = real
 
 
 def bench_ckpt(args) -> dict:
@@ -425,7 +429,10 @@ def bench_ckpt(args) -> dict:
                 info[k] = {
                     "checkpoints": len(step_files),
                     "bytes_per_checkpoint": step_files[-1].stat().st_size,
-                    "state_bytes": (out / "state" / "latest.pt").stat().st_size,
+                    "state_bytes": sum(
+                        (out / "state" / f"latest.{ext}").stat().st_size
+                        for ext in ("safetensors", "json")
+                    ),
                 }
         r = {k: statistics.median(v) for k, v in times.items()}
         r["overhead_dense"] = r["dense"] / r["none"] - 1
@@ -439,7 +446,7 @@ def bench_ckpt(args) -> dict:
         for k in info:
             print(
                 f"  {k:11s} {r[k]:7.2f} s  {info[k]['checkpoints']:4d} checkpoints of "
-                f"{info[k]['bytes_per_checkpoint'] / 1e3:.1f} kB (+ latest.pt "
+                f"{info[k]['bytes_per_checkpoint'] / 1e3:.1f} kB (+ resume state "
                 f"{info[k]['state_bytes'] / 1e3:.1f} kB)"
             )
         print(

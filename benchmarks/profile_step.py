@@ -19,29 +19,24 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from grokinterp.config import apply_overrides, load_preset
-from grokinterp.training.multiseed import _MultiSeedTrainer, seed_config
+from grokinterp.training.group import SeedGroup
+from grokinterp.training.seeds import seed_config
 
 
-def trainer(preset: str, s: int, tf32: bool) -> _MultiSeedTrainer:
+def trainer(preset: str, s: int, tf32: bool) -> SeedGroup:
     cfg = apply_overrides(
         load_preset(preset), ["train.device=cuda", f"train.tf32={str(tf32).lower()}"]
     )
-    t = _MultiSeedTrainer(
-        [seed_config(cfg, k) for k in range(s)], [f"/tmp/unused{k}" for k in range(s)]
-    )
-    assert t.fast is not None
+    t = SeedGroup([seed_config(cfg, k) for k in range(s)], "fast")
+    assert t.engine.name == "fast"
     return t
 
 
-def step_fn(t: _MultiSeedTrainer):
-    def f() -> None:
-        t.runner.step(t.step)
-        t.step += 1
-
-    return f
+def step_fn(t: SeedGroup):
+    return t.train_step
 
 
-def graph_ms(t: _MultiSeedTrainer, n: int = 200) -> float:
+def graph_ms(t: SeedGroup, n: int = 200) -> float:
     f = step_fn(t)
     for _ in range(20):
         f()
@@ -53,7 +48,7 @@ def graph_ms(t: _MultiSeedTrainer, n: int = 200) -> float:
     return 1e3 * (time.perf_counter() - start) / n
 
 
-def kernel_table(t: _MultiSeedTrainer, n: int = 10, top: int = 18) -> None:
+def kernel_table(t: SeedGroup, n: int = 10, top: int = 18) -> None:
     t.runner.use_graph, t.runner.stream = False, None
     f = step_fn(t)
     for _ in range(5):
@@ -80,18 +75,22 @@ def kernel_table(t: _MultiSeedTrainer, n: int = 10, top: int = 18) -> None:
 
 def snapshot_costs(preset: str, n: int = 20) -> None:
     """Host time of each part of a fast-engine checkpoint snapshot (GPU idle before each)."""
-    from pathlib import Path
-
-    from grokinterp.training.fast import FastTrainer, to_host
+    from grokinterp.store.writer import to_host
+    from grokinterp.training.optim import portable_optimizer_state
 
     cfg = apply_overrides(load_preset(preset), ["train.device=cuda", "train.engine=fast"])
-    t = FastTrainer(cfg, Path("/tmp/unused_snapshot"), progress=False)
+    t = SeedGroup([cfg], "fast")
     for _ in range(20):
         t.train_step()
+
+    def state():
+        opt = portable_optimizer_state(t.opt.state_dict(), t.tc)
+        return t.seed_state(0, opt, t.grad_filter.state_dict() if t.grad_filter else None)
+
     parts = {
-        "state()": t.state,
-        "model.state_dict()": t.model.state_dict,
-        "to_host (packed, pinned)": lambda: to_host((t.model.state_dict(), t.state())),
+        "seed_state()": state,
+        "engine.weights()": lambda: t.engine.weights(0),
+        "to_host (packed, pinned)": lambda: to_host((t.engine.weights(0), state())),
     }
     print(f"\n[{preset}] host ms per call, GPU idle before each call ({n} calls)")
     for name, fn in parts.items():

@@ -48,6 +48,7 @@ def main() -> int:
             "analysis_cpu",
             [*train, "analysis", "--analysis-checkpoints", "5" if args.quick else "20"],
         ),
+        ("threads_cpu", [sys.executable, str(HERE / "bench_threads.py"), *rounds]),
     ]
     if cuda:
         jobs += [
@@ -61,7 +62,7 @@ def main() -> int:
         jobs.append(("fourier", [sys.executable, str(fourier)]))
     failed = []
     for name, cmd in jobs:
-        if "bench_train.py" in cmd[1]:
+        if "bench_train.py" in cmd[1] or "bench_threads.py" in cmd[1]:
             cmd = [*cmd, "--json", str(out / f"{name}.json")]
         print(f"\n===== {name}: {' '.join(cmd[1:])}", flush=True)
         start = time.perf_counter()

@@ -16,8 +16,20 @@ _LAZY = {
     "Run": "grokinterp.store",
     "make_task": "grokinterp.tasks",
     "build_model": "grokinterp.models",
-    "train": "grokinterp.training",
     "over_training": "grokinterp.analysis",
+    "DEFAULT_THRESHOLD": "grokinterp.analysis.curves",
+    "grok_times": "grokinterp.analysis.curves",
+    # the Python API: one function per CLI command (grokinterp.api)
+    "run": "grokinterp.api",
+    "train": "grokinterp.api",
+    "train_seeds": "grokinterp.api",
+    "analyze": "grokinterp.api",
+    "report": "grokinterp.api",
+    "ls": "grokinterp.api",
+    "tickets": "grokinterp.api",
+    "transfer": "grokinterp.api",
+    "sweep": "grokinterp.api",
+    "import_run": "grokinterp.api",
 }
 
 

@@ -70,50 +70,56 @@ def resolve_config(
         raise GrokinterpError(
             f"give exactly one of --preset NAME or --config FILE (presets: {', '.join(preset_names())})"
         )
-    cfg = load_preset(preset) if preset else load_config(config)
+    cfg = load_preset(preset) if preset is not None else load_config(config)
     return apply_overrides(cfg, overrides or [])
 
 
 # ----------------------------------------------------------------------------- ls
 
 
-def _first(rows: list[dict], key: str, thr: float) -> int | None:
-    return next((m["step"] for m in rows if m.get(key, 0) >= thr), None)
+def _acc(v) -> str:
+    return "—" if v is None else f"{v:.3f}"
 
 
 def runs_table(paths: list[Path], title: str = "runs") -> Table:
+    from grokinterp.analysis.curves import DEFAULT_THRESHOLD, grok_times
     from grokinterp.store import Run
 
+    pct = f"{DEFAULT_THRESHOLD:.0%}"
     table = Table(
         title=title,
         box=box.SIMPLE_HEAD,
-        caption="acc: final accuracy; @99%: first step at 99% accuracy; MB: size on disk",
+        caption=f"acc: final accuracy; fit / generalize: first step at {pct} train / test "
+        "accuracy; MB: size on disk",
     )
-    numeric = ("steps", "ckpts", "train acc", "test acc", "train @99%", "test @99%", "MB")
+    numeric = ("steps", "ckpts", "train acc", "test acc", "fit", "generalize", "MB")
     for col in ("run", "task", "model"):
         table.add_column(col, overflow="fold", ratio=1)
     for col in numeric:
-        table.add_column(col, justify="right", max_width=6)
+        table.add_column(col, justify="right", max_width=10 if col == "generalize" else 6)
     for path in paths:
         try:
             run = Run.open(path)
-        except GrokinterpError as e:
-            table.add_row(str(path), f"[red]unreadable: {e}[/]", *[""] * 8)
+            rows = run.metrics
+            n_steps = len(run.steps)
+            size = run.size_bytes()
+        except (GrokinterpError, OSError) as e:
+            table.add_row(str(path), f"[red]unreadable: {escape(str(e))}[/]", *[""] * 8)
             continue
-        rows = run.metrics
         last = rows[-1] if rows else {}
+        times = grok_times(rows, DEFAULT_THRESHOLD)
         fmt = lambda v: "—" if v is None else str(v)  # noqa: E731
         table.add_row(
             _short_path(path),
             f"{run.config.task.name} {run.config.task.params.get('p', '')}".strip(),
             run.config.model.name,
             fmt(last.get("step")),
-            str(len(run.steps)),
-            f"{last.get('train_acc', 0):.3f}",
-            f"{last.get('test_acc', 0):.3f}",
-            fmt(_first(rows, "train_acc", 0.99)),
-            fmt(_first(rows, "test_acc", 0.99)),
-            f"{run.size_bytes() / 1e6:.1f}",
+            str(n_steps),
+            _acc(last.get("train_acc")),
+            _acc(last.get("test_acc")),
+            fmt(times.fit_step),
+            fmt(times.generalize_step),
+            f"{size / 1e6:.1f}",
         )
     return table
 
@@ -137,10 +143,15 @@ def find_runs(root: Path) -> list[Path]:
 def ls_cmd(
     directory: Path = typer.Argument(Path("checkpoints"), help="Folder to search for runs."),
 ) -> None:
-    """List runs: task, steps, final accuracies, first steps at 99% train/test accuracy, size."""
-    if not directory.exists():
-        raise GrokinterpError(f"{directory} does not exist")
-    runs = find_runs(directory)
+    """List runs: task, steps, final accuracies, fit / generalize steps (95% accuracy), size."""
+    try:
+        if not directory.exists():
+            raise GrokinterpError(f"{directory} does not exist")
+        if not directory.is_dir():
+            raise GrokinterpError(f"{directory} is a file, not a folder of runs")
+        runs = find_runs(directory)
+    except OSError as e:
+        raise GrokinterpError(f"cannot search {directory}: {e.strerror or e}") from None
     if not runs:
         console.print(f"no runs under {directory}")
         return
@@ -148,6 +159,16 @@ def ls_cmd(
 
 
 # ----------------------------------------------------------------------------- train
+
+THREADS_HELP = (
+    "Torch threads while training (train.threads; default 1, 0 = one per core). The results "
+    "are the same on every thread count."
+)
+
+
+def _with_threads(overrides: list[str] | None, threads: int | None) -> list[str]:
+    """``--threads N`` as the override ``train.threads=N`` (after any --set)."""
+    return [*(overrides or []), *([f"train.threads={threads}"] if threads is not None else [])]
 
 
 @app.command()
@@ -174,22 +195,68 @@ def train(
         help="Train many train.seed values at once (0-63 or 0,2,5-7): one run per seed in "
         "<out>/seed<k>, stacked weights on one device.",
     ),
+    trust_pickle: bool = typer.Option(
+        False,
+        "--trust-pickle",
+        help="With --resume of a run from an older grokinterp (pickled state/latest.pt): "
+        "read it with the full unpickler if safe loading refuses it. That can run code "
+        "stored in the file: only for files you trust.",
+    ),
+    threads: int = typer.Option(None, "--threads", min=0, help=THREADS_HELP),
 ) -> None:
     """Train a model with dense checkpoints into a run directory."""
-    from grokinterp.training import train as train_run
-
+    overrides = _with_threads(overrides, threads)
+    if resume and overwrite:
+        raise GrokinterpError(
+            "--resume and --overwrite contradict each other: --resume continues the run in "
+            "--out, --overwrite deletes it; pass one"
+        )
     cfg = resolve_config(preset, config, overrides)
     out = out or Path("checkpoints") / cfg.name
-    if seeds is not None:
-        from grokinterp.training.multiseed import parse_seeds, train_seeds
+    try:
+        _train_into(cfg, out, resume, overwrite, quiet, seeds, trust_pickle)
+    except OSError as e:  # disk full, permissions, a path the OS refuses: one line, not a trace
+        where = e.filename or out
+        raise GrokinterpError(f"{where}: {e.strerror or e} (training into {out})") from e
+
+
+def _train_into(
+    cfg: RunConfig,
+    out: Path,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+    seeds: str | None,
+    trust_pickle: bool,
+) -> None:
+    if seeds is None:
+        from grokinterp.store.lock import RunLock
+
+        with RunLock(out):  # a second writer fails here, before the slow imports of training
+            from grokinterp.training import train as train_run
+
+            run = train_run(
+                cfg,
+                out,
+                resume=resume,
+                overwrite=overwrite,
+                progress=not quiet,
+                trust_pickle=trust_pickle,
+            )
+        console.print(runs_table([run.path], title="trained"))
+    else:
+        from grokinterp.training import parse_seeds, train_seeds
 
         runs = train_seeds(
-            cfg, parse_seeds(seeds), out, resume=resume, overwrite=overwrite, progress=not quiet
+            cfg,
+            parse_seeds(seeds),
+            out,
+            resume=resume,
+            overwrite=overwrite,
+            progress=not quiet,
+            trust_pickle=trust_pickle,
         )
         console.print(runs_table([r.path for r in runs], title=f"trained {len(runs)} seeds"))
-        return
-    run = train_run(cfg, out, resume=resume, overwrite=overwrite, progress=not quiet)
-    console.print(runs_table([run.path], title="trained"))
 
 
 # ----------------------------------------------------------------------------- run (main job)
@@ -207,10 +274,14 @@ def run_cmd(
         None, "--set", "-s", help="Override a value: --set train.steps=200."
     ),
     light: bool = typer.Option(False, "--light", help="Link plotly.js instead of embedding it."),
+    device: str = typer.Option(
+        "auto", "--device", help="Where to analyse: auto (the GPU when there is one), cpu, cuda."
+    ),
+    threads: int = typer.Option(None, "--threads", min=0, help=THREADS_HELP),
 ) -> None:
-    """The main job: train (resuming if the run exists), analyze everything that applies,
-    write the HTML report, print a summary and the report's path."""
-    main_job(preset, out, overrides or [], quiet, light)
+    """The main job: train (resuming if the run exists), analyze every checkpoint with every
+    analysis that applies, write the HTML report, print a summary and the report's path."""
+    main_job(preset, out, _with_threads(overrides, threads), quiet, light, device)
 
 
 # ----------------------------------------------------------------------------- analyze
@@ -223,51 +294,100 @@ def analyze(
     only: str = typer.Option(
         None, "--only", help="Comma-separated analyses (default: every one that applies)."
     ),
-    force: bool = typer.Option(False, "--force", help="Recompute even if cached."),
+    force: bool = typer.Option(False, "--force", help="Recompute even what is cached."),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (the GPU when there is one), cpu or cuda."
+    ),
+    follow: bool = typer.Option(
+        False,
+        "--follow",
+        help="Keep analysing new checkpoints while the run is still training (Ctrl-C stops).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Compute analyses over every checkpoint of a run (cached in RUN/analysis/)."""
-    import grokinterp.analysis as analysis
+    """Compute analyses over every checkpoint of a run, batched over checkpoints (on the GPU when
+    there is one) and cached per checkpoint in RUN/analysis/: a second call computes only
+    checkpoints that are new, and an interrupted call keeps what it finished."""
+    import time
+
     from grokinterp.store import Run
 
     run = Run.open(run_dir)
+    while True:
+        results = _analyze_once(run, only, force, device, quiet)
+        if not follow or Run.open(run_dir).info.get("status") != "running":
+            break
+        seen = len(run.steps)
+        while len(run.steps) == seen and Run.open(run_dir).info.get("status") == "running":
+            time.sleep(2.0)
+        force = False
+    for name in results.params:
+        _print_summary(run, name, results.of(name))
+
+
+def _analyze_once(run, only: str | None, force: bool, device: str, quiet: bool):
+    import grokinterp.analysis as analysis
+
     reasons = analysis.applicable(run)
-    names = (
-        [n.strip() for n in only.split(",")]
-        if only
-        else [n for n, r in reasons.items() if r is None]
-    )
-    for name, reason in reasons.items():
-        if name not in names and not only:
-            console.print(f"[dim]skip {name}: {reason}[/]")
-    results = analysis.over_training(run, names, progress=not quiet, force=force)
+    if only:
+        names = [n.strip() for n in only.split(",") if n.strip()]
+    else:
+        names = [n for n, r in reasons.items() if r is None]
+        for name, reason in reasons.items():
+            if reason is not None:
+                console.print(f"[dim]skip {name}: {reason}[/]")
+    results = analysis.over_training(run, names, progress=not quiet, force=force, device=device)
+    table = Table(title=f"analyses of {run.name} ({len(results.steps)} checkpoints)")
+    for col in ("analysis", "computed", "from cache", "time"):
+        table.add_column(col, justify="left" if col == "analysis" else "right")
     for name in names:
-        summarize = ANALYSIS_SUMMARIES.get(name)
-        if summarize is not None:
-            console.print(
-                summarize(
-                    run,
-                    {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith(name + "/")},
-                )
-            )
+        n = results.computed[name]
+        table.add_row(name, str(n), str(len(results.steps) - n), f"{results.seconds[name]:.2f} s")
+    console.print(table)
+    if not any(results.computed.values()):
+        console.print("[green]nothing recomputed[/]: every checkpoint was cached")
+    return results
+
+
+def _fmt_value(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list | tuple):
+        return ", ".join(_fmt_value(a) for a in v) or "—"
+    return str(v)
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    rows = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            rows.extend(_flatten(v, f"{prefix}{k} / "))
         else:
-            console.print(f"[green]{name}[/]: computed over {len(results['steps'])} checkpoints")
+            rows.append((f"{prefix}{k}", v))
+    return rows
 
 
-# Analyses may register a function (run, results) -> rich renderable printed by `analyze`.
-ANALYSIS_SUMMARIES: dict = {}
+def _print_summary(run, name: str, results: dict) -> None:
+    """An analysis's registered ``summarize`` dict, as a two-column table."""
+    from grokinterp.analysis.registry import ANALYSES
+
+    summarize = ANALYSES[name].summarize
+    if summarize is None:
+        return
+    labels = ANALYSES[name].labels or {}
+    table = Table(title=f"{name}: {run.name}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in _flatten(summarize(run, results)):
+        table.add_row(labels.get(key, key.replace("_", " ")), _fmt_value(value))
+    console.print(table)
 
 
 # --- helper commands go below this line ---
-
-
-def _transfer_summary(run, results):
-    from grokinterp.analysis.transfer import transfer_table
-
-    return transfer_table(run, results)
-
-
-ANALYSIS_SUMMARIES["transfer"] = _transfer_summary
 
 
 @app.command("transfer")
@@ -335,8 +455,8 @@ def transfer_cmd(
         run = gt.transfer(
             weak,
             target,
-            at,
-            out,
+            weak_at=at,
+            out_dir=out,
             merge_at=merge_at,
             random_a=random_a,
             target_overrides=t_over,
@@ -358,8 +478,8 @@ def transfer_cmd(
     res = gt.compare_transfer(
         weak,
         target,
-        at,
-        out,
+        weak_at=at,
+        out_dir=out,
         steps=steps,
         grokfast=grokfast,
         merge_at=merge_at,
@@ -370,27 +490,30 @@ def transfer_cmd(
     )
     table = Table(
         title=f"GrokTransfer vs baselines — E_W: {res.weak_run} step {res.weak_step} "
-        f"(test acc {res.weak_test_acc:.3f}); steps to ≥95% accuracy"
+        f"(test acc {res.weak_test_acc:.3f})",
+        caption=f"fit / generalize step: first step with train / test accuracy ≥{res.threshold:.0%}"
+        "; delay = generalize − fit (the paper's time gap); s: wall-clock seconds",
+        box=box.SIMPLE_HEAD,
     )
     for col in (
         "target",
-        "train 95%",
-        "test 95%",
-        "gap",
-        "final test",
-        "wall to 95% test (s)",
-        "wall total (s)",
+        "fit step",
+        "generalize step",
+        "delay",
+        "test acc",
+        "s to generalize",
+        "s total",
     ):
         table.add_column(col, justify="left" if col == "target" else "right")
     fmt = lambda v, f="{}": "—" if v is None else f.format(v)  # noqa: E731
     for r in res.rows:
         table.add_row(
             r["kind"],
-            fmt(r["steps_train"]),
-            fmt(r["steps_test"]),
-            fmt(r["gap"]),
+            fmt(r["fit_step"]),
+            fmt(r["generalize_step"]),
+            fmt(r["delay"]),
             f"{r['final_test_acc']:.3f}",
-            fmt(r["wall_to_test_s"], "{:.1f}"),
+            fmt(r["wall_to_generalize_s"], "{:.1f}"),
             f"{r['wall_total_s']:.1f}",
         )
     console.print(table)
@@ -400,57 +523,7 @@ def transfer_cmd(
     )
 
 
-def _dynamics_summary(name: str):
-    """Summaries of the training-dynamics analyses (issue 5), imported lazily."""
-
-    def show(run, results):
-        from grokinterp.analysis.dynamics import summarize
-
-        return summarize(name, run, results)
-
-    return show
-
-
-ANALYSIS_SUMMARIES.update(
-    {n: _dynamics_summary(n) for n in ("rank", "complexity", "norms", "robustness")}
-)
-
-
 # ----------------------------------------------------------------------------- report + main job
-
-# Main-job settings of costly analyses, so that `grokinterp run` stays within ~3 minutes on 2 CPU
-# cores: parameters and the most checkpoints used (evenly spread, first and last kept).
-# `grokinterp analyze RUN` computes them in full (all checkpoints, default parameters).
-MAIN_JOB_ANALYSES: dict[str, tuple[dict, int | None]] = {
-    "complexity": ({"n_samples": 256, "n_directions": 10}, 30),
-    "rank": ({"n_samples": 512}, 30),
-    "norms": ({}, 30),
-    "robustness": ({}, 20),
-}
-
-
-def _spread(steps: list[int], k: int | None) -> list[int]:
-    if k is None or len(steps) <= k:
-        return list(steps)
-    idx = {round(i * (len(steps) - 1) / (k - 1)) for i in range(k)}
-    return [steps[i] for i in sorted(idx)]
-
-
-def _cached_steps(run, name: str) -> list[int] | None:
-    """Steps of a readable cache of ``name`` (None if there is none)."""
-    import json
-
-    from grokinterp.analysis.registry import cache_path, load_cached
-
-    if load_cached(run, name) is None:
-        return None
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(cache_path(run, name)), "pt") as f:
-            return json.loads((f.metadata() or {})["steps"])
-    except Exception:
-        return None
 
 
 def _fmt_seconds(s: float | None) -> str:
@@ -462,14 +535,15 @@ def report_table(result) -> Table:
     from grokinterp.report.sections import fmt_pct, fmt_step
 
     table = Table(title=f"summary (threshold {fmt_pct(result.summary['threshold'])})")
-    for col in ("run", "memorised at", "generalised at", "delay", "train acc", "test acc"):
+    for col in ("run", "fit step", "generalize step", "delay", "ratio", "train acc", "test acc"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for s in result.summary["runs"]:
-        ratio = s.get("delay_ratio")
+        ratio = s.get("ratio")
         table.add_row(
             s["run"],
-            fmt_step(s["step_memorization"]),
-            fmt_step(s["step_generalization"]),
+            fmt_step(s["fit_step"]),
+            fmt_step(s["generalize_step"]),
+            fmt_step(s.get("delay")),
             f"{ratio:.1f}×" if ratio else "—",
             fmt_pct(s["final_train_acc"], 1),
             fmt_pct(s["final_test_acc"], 1),
@@ -486,60 +560,36 @@ def _print_report_paths(result) -> None:
     )
 
 
-def main_job(preset: str, out: Path | None, overrides: list[str], quiet: bool, light: bool) -> None:
-    """Train → analyze everything that applies → report → terminal summary (`grokinterp run`)."""
-    import time
+def main_job(
+    preset: str,
+    out: Path | None,
+    overrides: list[str],
+    quiet: bool,
+    light: bool,
+    device: str = "auto",
+) -> None:
+    """Print what :func:`grokinterp.experiments.pipeline.main_job` did (`grokinterp run`)."""
+    from grokinterp.experiments.pipeline import main_job as run_main_job
 
-    import grokinterp.analysis as analysis
-    from grokinterp.report.html import build_report
-    from grokinterp.store import is_run_dir
-    from grokinterp.training import train as train_run
-
-    t0 = time.perf_counter()
-    cfg = apply_overrides(load_preset(preset), overrides)
-    out = out or Path("checkpoints") / preset
-    resumed = is_run_dir(out)
-    run = train_run(cfg, out, resume=resumed, progress=not quiet)
-    t_train = time.perf_counter() - t0
-    rows = []
-    for name, reason in analysis.applicable(run).items():
-        if reason:
-            rows.append((name, "[dim]does not apply[/]", None, reason))
-            continue
-        params, most = MAIN_JOB_ANALYSES.get(name, ({}, None))
-        steps = _spread(run.steps, most)
-        have = _cached_steps(run, name)
-        if have is not None and have and have[-1] == run.steps[-1]:
-            rows.append((name, "[green]cached[/]", 0.0, f"{len(have)} checkpoints"))
-            continue
-        t = time.perf_counter()
-        try:
-            analysis.over_training(run, {name: params}, steps=steps, progress=not quiet)
-        except Exception as e:  # one failing analysis must not stop the main job
-            rows.append((name, "[red]failed[/]", time.perf_counter() - t, f"{e}"[:120]))
-            continue
-        note = (
-            f"{len(steps)} of {len(run.steps)} checkpoints"
-            if len(steps) < len(run.steps)
-            else (f"{len(steps)} checkpoints")
-        )
-        rows.append((name, "[green]computed[/]", time.perf_counter() - t, note))
-    t = time.perf_counter()
-    result = build_report(run, light=light)
-    t_report = time.perf_counter() - t
-
-    console.print(runs_table([run.path], title=f"{preset}: {'resumed' if resumed else 'trained'}"))
-    table = Table(title="analyses")
+    job = run_main_job(
+        preset, out=out, overrides=overrides, device=device, progress=not quiet, light=light
+    )
+    title = f"{preset}: {'resumed' if job.resumed else 'trained'}"
+    console.print(runs_table([job.run.path], title=title))
+    table = Table(title="analyses (every checkpoint)")
     for col in ("analysis", "status", "time", "note"):
         table.add_column(col, justify="right" if col == "time" else "left")
-    for name, status, secs, note in rows:
-        table.add_row(name, status, _fmt_seconds(secs), note)
+    style = {"computed": "green", "cached": "green", "failed": "red", "does not apply": "dim"}
+    for a in job.analyses:
+        status = f"[{style[a.status]}]{a.status}[/]"
+        table.add_row(a.name, status, _fmt_seconds(a.seconds), escape(a.note[:120]))
     console.print(table)
-    console.print(report_table(result))
-    _print_report_paths(result)
+    console.print(report_table(job.report))
+    _print_report_paths(job.report)
+    sec = job.seconds
     console.print(
-        f"wall time: {_fmt_seconds(time.perf_counter() - t0)} (train {_fmt_seconds(t_train)}, "
-        f"report {_fmt_seconds(t_report)})",
+        f"wall time: {_fmt_seconds(sec['total'])} (train {_fmt_seconds(sec['train'])}, "
+        f"analyses {_fmt_seconds(sec['analyses'])}, report {_fmt_seconds(sec['report'])})",
         highlight=False,
     )
 
@@ -572,7 +622,10 @@ def report_cmd(
         help="Also write every figure as PNG into DIR (needs kaleido, the 'export' extra).",
     ),
     threshold: float = typer.Option(
-        0.99, "--threshold", help="Accuracy that defines memorisation/generalisation steps."
+        None,
+        "--threshold",
+        help="Accuracy that defines the fit and generalise steps "
+        "(default grokinterp.analysis.curves.DEFAULT_THRESHOLD, 0.95).",
     ),
     no_recompute: bool = typer.Option(
         False, "--no-recompute", help="Report a corrupt analysis cache instead of recomputing it."
@@ -580,18 +633,17 @@ def report_cmd(
 ) -> None:
     """Write a self-contained HTML report (plotly.js embedded, works offline) and summary.json."""
     if len(runs) == 1 and (runs[0] / "sweep.json").is_file():
-        try:
-            from grokinterp.report.sweep import render_sweep_report
-        except ImportError as e:
-            raise GrokinterpError(
-                f"sweep reports are not available in this version ({e})"
-            ) from None
+        from grokinterp.report.sweep import render_sweep_report
+
         html_out = out or runs[0] / "report.html"
         render_sweep_report(runs[0], html_out)
         console.print(f"sweep report: [bold]{html_out}[/]", highlight=False)
         return
+    from grokinterp.analysis.curves import DEFAULT_THRESHOLD
     from grokinterp.report.html import build_report, export_pdf, export_pngs
 
+    if threshold is None:
+        threshold = DEFAULT_THRESHOLD
     result = build_report(runs, out, light=light, threshold=threshold, recompute=not no_recompute)
     console.print(report_table(result))
     for sec in result.sections:
@@ -628,8 +680,12 @@ def sweep_cmd(
     gpus_per_run: float = typer.Option(0.0, "--gpus-per-run", help="Ray num_gpus per run."),
     cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="Ray num_cpus per run."),
     max_concurrent: int = typer.Option(None, "--max-concurrent", help="At most N runs at once."),
-    threshold: float = typer.Option(None, "--threshold", help="Phase accuracy threshold (0.9)."),
-    ratio: float = typer.Option(None, "--ratio", help="Grokking if t_test ≥ R·t_train (R=3)."),
+    threshold: float = typer.Option(
+        None, "--threshold", help="Phase accuracy threshold (analysis.phases.PHASE_THRESHOLD, 0.9)."
+    ),
+    ratio: float = typer.Option(
+        None, "--ratio", help="Grokking if generalize step ≥ R·fit step (R=3)."
+    ),
     report: bool = typer.Option(True, "--report/--no-report", help="Write OUT/report.html."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
@@ -691,15 +747,6 @@ def sweep_cmd(
         f"{len(result.skipped)} finished, {len(result.failed)} failed; manifest "
         f"{result.path / 'sweep.json'}" + (f"; report {result.report}" if result.report else "")
     )
-
-
-def _fourier_table(run, results):
-    from grokinterp.analysis.fourier_training import fourier_table
-
-    return fourier_table(run, results)
-
-
-ANALYSIS_SUMMARIES["fourier"] = _fourier_table
 
 
 @app.command("import")
@@ -813,16 +860,16 @@ def tickets_cmd(
         child = retrain_ticket(
             run,
             step,
-            sparsity,
-            out,
-            "ticket",
-            scope,
-            steps,
-            seed,
-            rounds,
-            overrides or [],
-            overwrite,
-            not quiet,
+            sparsity=sparsity,
+            out_dir=out,
+            kind="ticket",
+            scope=scope,
+            steps=steps,
+            seed=seed,
+            rounds=rounds,
+            overrides=overrides or [],
+            overwrite=overwrite,
+            progress=not quiet,
         )
         console.print(runs_table([child.path], title="retrained ticket"))
         return
@@ -830,39 +877,32 @@ def tickets_cmd(
     result = compare_tickets(
         run,
         step,
-        sparsity,
-        out,
-        chosen,
-        scope,
-        steps,
-        seed,
-        rounds,
-        0.95,
-        overrides or [],
-        overwrite,
-        not quiet,
+        sparsity=sparsity,
+        out_dir=out,
+        kinds=chosen,
+        scope=scope,
+        steps=steps,
+        seed=seed,
+        rounds=rounds,
+        overrides=overrides or [],
+        overwrite=overwrite,
+        progress=not quiet,
     )
     table = Table(
-        title=f"grokking ticket (step {step}, sparsity {sparsity:g}) vs controls — first step with acc ≥ 95%"
+        title=f"grokking ticket (step {step}, sparsity {sparsity:g}) vs controls",
+        caption=f"fit / generalize step: first step with train / test accuracy ≥ "
+        f"{result.rows[0]['threshold']:.0%}; ratio = generalize / fit; test acc, L1, L2: final",
+        box=box.SIMPLE_HEAD,
     )
-    for col in (
-        "kind",
-        "sparsity",
-        "t_mem",
-        "t_gen",
-        "t_gen/t_mem",
-        "final test acc",
-        "final L1",
-        "final L2",
-    ):
+    for col in ("kind", "sparsity", "fit step", "generalize step", "ratio", "test acc", "L1", "L2"):
         table.add_column(col, justify="left" if col == "kind" else "right")
     fmt = lambda v, f="{}": "—" if v is None else f.format(v)  # noqa: E731
     for r in result.rows:
         table.add_row(
             r["kind"],
             f"{r['sparsity']:.2f}",
-            fmt(r["t_mem"]),
-            fmt(r["t_gen"]),
+            fmt(r["fit_step"]),
+            fmt(r["generalize_step"]),
             fmt(r["ratio"], "{:.2f}"),
             f"{r['final_test_acc']:.3f}",
             fmt(r["final_l1"], "{:.1f}"),

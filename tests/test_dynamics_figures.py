@@ -9,6 +9,7 @@ from grokinterp.config import GrokinterpError
 from grokinterp.report.figures.dynamics import (
     complexity_figure,
     dynamics_figure,
+    hook_name,
     norms_figure,
     rank_figure,
     robustness_figure,
@@ -50,7 +51,7 @@ def test_each_figure_has_accuracy_and_measure_traces():
     r = fake_results()
     fig = rank_figure(r, METRICS, kind="both")
     assert names(fig)[:2] == ["train_acc", "test_acc"]
-    assert names(fig).count("resid:blocks.0") == 2  # numerical and effective panels
+    assert names(fig).count("blocks.0.hook_resid_post") == 2  # numerical and effective panels
     # The dashed line marks the midpoint of the test-accuracy jump (0.55 → step 1000).
     assert any(s.x0 == 1000 for s in fig.layout.shapes)
     fig = complexity_figure(r, METRICS, per_layer=True)
@@ -79,3 +80,19 @@ def test_metrics_as_mapping_and_missing_keys():
         rank_figure(r, METRICS, kind="bad")
     with pytest.raises(GrokinterpError, match="none of"):
         dynamics_figure({"steps": STEPS})
+
+
+def test_layers_are_named_by_their_transformerlens_hooks():
+    assert hook_name("pre:blocks.0.mlp.act") == "blocks.0.mlp.hook_pre"
+    assert hook_name("pre:blocks.3.mlp.act#1") == "blocks.3.mlp.hook_pre#1"
+    assert hook_name("resid:blocks.2") == "blocks.2.hook_resid_post"
+    assert hook_name("pre:layers.1") == "layers.1 (input)"
+    assert hook_name("plain") == "plain"
+    r = fake_results()
+    for fig in (rank_figure(r, METRICS, kind="both"), dynamics_figure(r, METRICS)):
+        legend = set(names(fig)) - {"train_acc", "test_acc"}
+        assert {"blocks.0.mlp.hook_pre", "blocks.0.hook_resid_post"} <= legend
+        assert not any(":" in n for n in legend), legend
+    # Selecting layers works with either name.
+    assert len(rank_figure(r, layers=["blocks.0.mlp.hook_pre"]).data) == 1
+    assert len(rank_figure(r, layers=["pre:blocks.0.mlp.act"]).data) == 1

@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
 
 from grokinterp.config import GrokinterpError, ModelConfig, RunConfig, apply_overrides, load_preset
+from grokinterp.models.functional import FastForward, gather_rows, make_gather, matmul_precision
 from grokinterp.store import Run
+from grokinterp.store.writer import AsyncWriter, materialize, to_host
 from grokinterp.tasks import make_task
-from grokinterp.training import train
-from grokinterp.training.fast import (
-    AsyncWriter,
-    FastForward,
-    FastTrainer,
-    gather_rows,
-    make_gather,
-    materialize,
-    matmul_precision,
-    per_seed_loss,
-    resolve_engine,
-    to_host,
-)
-from grokinterp.training.trainer import _initial_model, _Trainer, loss_fn
+from grokinterp.training import train, train_seeds
+from grokinterp.training.engines import EngineFallbackWarning, resolve_engine
+from grokinterp.training.group import SeedGroup, initial_model
+from grokinterp.training.numerics import loss_fn, per_seed_loss
 
 TINY = [
     "task.p=11",
@@ -65,7 +58,7 @@ def mlp_config(factorized: bool = False):
 
 def _setup(cfg):
     task = make_task(cfg.task.name, **cfg.task.params)
-    model = _initial_model(cfg, task).to(dtype=getattr(torch, cfg.train.dtype))
+    model = initial_model(cfg, task).to(dtype=getattr(torch, cfg.train.dtype))
     model.last_position_only = True
     ff = FastForward(cfg.model, task, torch.device("cpu"), getattr(torch, cfg.train.dtype))
     return task, model, ff
@@ -121,9 +114,10 @@ def test_per_seed_loss_is_each_seeds_loss(kind):
 def test_disagreeing_fast_forward_is_detected():
     cfg = tiny()
     task, model, ff = _setup(cfg)
-    assert ff.agrees_with(model, task.x_train)
+    assert ff.agrees_with(model, task.x_train) and ff.check(model, task.x_train) is None
     ff.cfg = apply_overrides(cfg, ["model.output_scale=1.5"]).model  # a forward that differs
     assert not ff.agrees_with(model, task.x_train)
+    assert "differ from the model's" in ff.check(model, task.x_train)
     cpu = torch.device("cpu")
     assert FastForward.build(ModelConfig(name="resnet"), task, cpu, torch.float32) is None
 
@@ -137,6 +131,7 @@ def test_fast_engine_matches_eager_for_50_steps(tmp_path, name):
     cfg = tiny(VARIANTS[name] + ["train.steps=50", "train.eval_every=1", "train.lr=3e-3"])
     eager = train(apply_overrides(cfg, ["train.engine=eager"]), tmp_path / "e", progress=False)
     fast = train(apply_overrides(cfg, ["train.engine=fast"]), tmp_path / "f", progress=False)
+    assert (eager.info["engine"], fast.info["engine"]) == ("eager", "fast")  # no fallback
     re, rf = _rows(eager), _rows(fast)
     assert sorted(re) == sorted(rf) == list(range(51))
     for step in re:
@@ -154,6 +149,7 @@ def test_fast_engine_matches_eager_for_50_steps(tmp_path, name):
 def test_fast_run_resumes_bit_exactly_and_eagerly(tmp_path):
     cfg = tiny(["train.steps=30", "train.engine=fast", "train.grokfast={kind='ema'}"])
     straight = train(cfg, tmp_path / "a", progress=False)
+    assert straight.info["engine"] == "fast"
     short = apply_overrides(cfg, ["train.steps=20"])
     train(short, tmp_path / "b", progress=False)
     resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
@@ -162,7 +158,7 @@ def test_fast_run_resumes_bit_exactly_and_eagerly(tmp_path):
     assert [json.dumps(m | {"wall_time": 0}) for m in straight.metrics] == [
         json.dumps(m | {"wall_time": 0}) for m in resumed.metrics
     ]
-    # the fast engine's latest.pt is in the eager format: the eager engine resumes it
+    # the fast engine's resume state is in the eager format: the eager engine resumes it
     train(short, tmp_path / "c", progress=False)
     eager = train(
         apply_overrides(cfg, ["train.engine=eager"]), tmp_path / "c", resume=True, progress=False
@@ -171,6 +167,7 @@ def test_fast_run_resumes_bit_exactly_and_eagerly(tmp_path):
         straight.metrics[-1]["train_loss"], rel=1e-4
     )
     assert Run.open(tmp_path / "c").info["status"] == "complete"
+    assert (resumed.info["engine"], eager.info["engine"]) == ("fast", "eager")
 
 
 def test_features_keep_eager_semantics(tmp_path):
@@ -193,6 +190,7 @@ def test_features_keep_eager_semantics(tmp_path):
         e: train(apply_overrides(cfg, [f"train.engine={e}"]), tmp_path / e, progress=False)
         for e in ("eager", "fast")
     }
+    assert {e: r.info["engine"] for e, r in runs.items()} == {"eager": "eager", "fast": "fast"}
     a, b = runs["eager"].load_state(12), runs["fast"].load_state(12)
     assert "embed.W_E" in b and "embed.W_A" not in b  # merged
     assert (b["blocks.0.mlp.W_in"][~masks["blocks.0.mlp.W_in"]] == 0).all()
@@ -255,8 +253,9 @@ def test_checkpoint_snapshot_is_taken_at_submit_time():
 
 def test_fast_trainer_metrics_match_eager():
     cfg = tiny(["train.loss=mse"])
-    a, b = _Trainer(cfg, None, False), FastTrainer(cfg, None, False)
-    ma, mb = a.metrics(), b.metrics()
+    a, b = SeedGroup([cfg], "eager"), SeedGroup([cfg], "fast")
+    assert (a.engine.name, b.engine.name) == ("eager", "fast")
+    (ma,), (mb,) = a.evaluate(), b.evaluate()
     assert ma.keys() == mb.keys()
     for k in ma:
         assert mb[k] == pytest.approx(ma[k], rel=1e-5), k
@@ -267,14 +266,15 @@ def test_cuda_graph_engine_matches_eager(tmp_path):
     cfg = tiny(["train.steps=50", "train.eval_every=5", "train.device=cuda"])
     eager = train(apply_overrides(cfg, ["train.engine=eager"]), tmp_path / "e", progress=False)
     fast = train(apply_overrides(cfg, ["train.engine=fast"]), tmp_path / "f", progress=False)
+    assert (eager.info["engine"], fast.info["engine"]) == ("eager", "fast")
     re, rf = _rows(eager), _rows(fast)
     for step in re:
         assert rf[step]["train_loss"] == pytest.approx(re[step]["train_loss"], rel=1e-3), step
     assert eager.steps == fast.steps
-    t = FastTrainer(cfg, tmp_path / "x", False)
+    g = SeedGroup([apply_overrides(cfg, ["train.engine=fast"])], "fast")
     for _ in range(12):
-        t.train_step()
-    assert t.runner.graph is not None  # the step runs as one CUDA graph after warm-up
+        g.train_step()
+    assert g.runner.graph is not None  # the step runs as one CUDA graph after warm-up
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -284,6 +284,7 @@ def test_cuda_compile_and_tf32_match_eager(tmp_path, options):
     cfg = tiny(["train.steps=50", "train.eval_every=5", "train.device=cuda"])
     eager = train(apply_overrides(cfg, ["train.engine=eager"]), tmp_path / "e", progress=False)
     fast = train(apply_overrides(cfg, ["train.engine=fast", *options]), tmp_path / "f", False)
+    assert fast.info["engine"] == "fast"
     re, rf = _rows(eager), _rows(fast)
     for step in re:
         assert rf[step]["train_loss"] == pytest.approx(re[step]["train_loss"], rel=5e-3), step
@@ -292,6 +293,24 @@ def test_cuda_compile_and_tf32_match_eager(tmp_path, options):
     # a process-wide TF32 setting does not make the (full-precision) start-up check fail
     try:
         flag.allow_tf32 = True
-        assert FastTrainer(cfg, tmp_path / "x", False).fast is not None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", EngineFallbackWarning)
+            assert SeedGroup([cfg], "fast").engine.name == "fast"
     finally:
         flag.allow_tf32 = False
+
+
+def test_fast_engine_falls_back_loudly(tmp_path, monkeypatch):
+    """A functional forward that disagrees with the module: a warning with the reason, the eager
+    engine trains, and run.json says so (never a silent fallback)."""
+    monkeypatch.setattr(FastForward, "check", lambda self, model, x: "a planted disagreement")
+    cfg = tiny(["train.steps=6", "train.engine=fast"])
+    with pytest.warns(EngineFallbackWarning, match="a planted disagreement"):
+        run = train(cfg, tmp_path / "one", progress=False)
+    assert run.info["engine"] == "eager" and run.info["status"] == "complete"
+    eager = train(apply_overrides(cfg, ["train.engine=eager"]), tmp_path / "ref", progress=False)
+    for k, v in eager.load_state(6).items():  # the eager engine did train it
+        assert torch.equal(run.load_state(6)[k], v), k
+    with pytest.warns(EngineFallbackWarning, match="a planted disagreement"):
+        runs = train_seeds(cfg, [0, 1], tmp_path / "many", progress=False)
+    assert [r.info["engine"] for r in runs] == ["eager", "eager"]

@@ -10,8 +10,8 @@ from torch import nn
 
 from grokinterp.config import GrokinterpError, apply_overrides
 from grokinterp.store import Run
+from grokinterp.training import group as group_mod
 from grokinterp.training import train
-from grokinterp.training import trainer as trainer_mod
 from grokinterp.training.optim import GrokfastEMA, GrokfastMA, make_gradient_filter
 
 
@@ -132,7 +132,7 @@ def test_filter_resume_after_a_kill_is_bit_exact(tmp_path, tiny_config, monkeypa
     cfg = apply_overrides(tiny_config, ["train.lr=0.01", *FILTERS[kind]])
     straight = train(cfg, tmp_path / "a", progress=False)
 
-    real_step = trainer_mod._Trainer.train_step
+    real_step = group_mod.SeedGroup.train_step
     calls = {"n": 0}
 
     def dying_step(self):
@@ -141,10 +141,10 @@ def test_filter_resume_after_a_kill_is_bit_exact(tmp_path, tiny_config, monkeypa
             raise KeyboardInterrupt
         real_step(self)
 
-    monkeypatch.setattr(trainer_mod._Trainer, "train_step", dying_step)
+    monkeypatch.setattr(group_mod.SeedGroup, "train_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "b", progress=False)
-    monkeypatch.setattr(trainer_mod._Trainer, "train_step", real_step)
+    monkeypatch.setattr(group_mod.SeedGroup, "train_step", real_step)
     resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
     assert resumed.steps == straight.steps
     for s in straight.steps:

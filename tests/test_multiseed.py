@@ -9,8 +9,7 @@ from typer.testing import CliRunner
 from grokinterp.cli import app
 from grokinterp.config import GrokinterpError, apply_overrides
 from grokinterp.store import Run
-from grokinterp.training import train
-from grokinterp.training.multiseed import parse_seeds, seed_dir, train_seeds
+from grokinterp.training import parse_seeds, seed_dir, train, train_seeds
 from tests.conftest import TINY_OVERRIDES
 from tests.conftest import tiny as tiny_config_with
 
@@ -52,6 +51,7 @@ def test_seeds_at_once_equal_seeds_alone(tmp_path, extra):
     cfg = tiny(extra)
     runs = train_seeds(cfg, [0, 3], tmp_path / "many", progress=False)
     assert [r.path for r in runs] == [seed_dir(tmp_path / "many", s) for s in (0, 3)]
+    assert [r.info["engine"] for r in runs] == ["fast", "fast"]  # batched, no fallback
     for run in runs:
         seed = run.config.train.seed
         alone = apply_overrides(cfg, [f"train.seed={seed}"])
@@ -64,6 +64,7 @@ def test_seeds_at_once_equal_seeds_alone(tmp_path, extra):
             apply_overrides(alone, ["train.engine=eager"]), tmp_path / f"e{seed}", progress=False
         )
         _same_run(run, eager)
+        assert (fast.info["engine"], eager.info["engine"]) == ("fast", "eager")
         assert run.info["status"] == "complete"
     # different seeds are different models
     assert not torch.equal(runs[0].load_state(0)["embed.W_E"], runs[1].load_state(0)["embed.W_E"])

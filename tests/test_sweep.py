@@ -129,7 +129,9 @@ def test_failing_run_fails_its_cell_not_the_sweep_and_is_retried(
     assert bad["overrides"] == ["train.weight_decay=1", "task.train_fraction=0.3"]
     for cell in (m["cells"][0], m["cells"][1], m["cells"][3]):
         assert cell["status"] == "done" and cell["phase"] in ("confusion", "memorization")
-        assert cell["runs"][0]["t_train"] is None or cell["runs"][0]["t_train"] > 0
+        run = cell["runs"][0]
+        assert run["fit_step"] is None or run["fit_step"] > 0
+        assert {"generalize_step", "delay", "ratio"} <= set(run) and "t_train" not in run
     # Restart without the failure: only the failed run is trained again.
     monkeypatch.setattr(training_pkg, "train", real_train)
     res = _run(tiny_config, tmp_path / "s", report=False)
@@ -138,6 +140,27 @@ def test_failing_run_fails_its_cell_not_the_sweep_and_is_retried(
     m = read_manifest(tmp_path / "s")
     assert m["counts"]["done"] == 4 and m["cells"][2]["runs"][0]["attempts"] == 2
     assert m["cells"][2]["error"] is None and "traceback" not in m["cells"][2]["runs"][0]
+    # A version-1 manifest (t_train / t_test, delay = their ratio) continues and is rewritten.
+    old = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    old["version"] = 1
+    for cell in old["cells"]:
+        for r in cell["runs"]:
+            r["t_train"], r["t_test"] = r.pop("fit_step"), r.pop("generalize_step")
+            r["delay"] = r.pop("ratio")
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps(old))
+    res = _run(tiny_config, tmp_path / "s", report=False)
+    assert not res.executed and len(res.skipped) == 4
+    again = read_manifest(tmp_path / "s")
+    keys = ("status", "phase", "fit_step", "generalize_step", "delay", "ratio", "final_test_acc")
+
+    def times(manifest):
+        return [
+            [c["phase"], c["median_ratio"], c["median_fit_step"]]
+            + [{k: r.get(k) for k in keys} for r in c["runs"]]
+            for c in manifest["cells"]
+        ]
+
+    assert again["version"] == 2 and times(again) == times(m)
 
 
 def test_killed_sweep_restarts_where_it_stopped(tmp_path, tiny_config):
@@ -231,8 +254,11 @@ def test_cli_without_ray_says_how_to_install(tmp_path, monkeypatch):
 def _cells():
     """A 2×2 grid with known phases; cell (wd=1, f=0.5) has 2 seeds, one failed cell."""
 
-    def run(phase, delay=None, status="done", error=None):
-        return {"phase": phase, "delay": delay, "status": status, "error": error, "t_train": 100}
+    def run(phase, ratio=None, status="done", error=None):
+        gen = None if ratio is None else int(100 * ratio)
+        delay = None if gen is None else gen - 100
+        times = {"fit_step": 100, "generalize_step": gen, "delay": delay, "ratio": ratio}
+        return {"phase": phase, "status": status, "error": error, **times}
 
     mk = lambda wd, f, runs, status="done": {  # noqa: E731
         "values": {"train.weight_decay": wd, "task.train_fraction": f},
@@ -277,7 +303,27 @@ def test_delay_heatmap_table_and_curves():
     header, rows = sweep_table_rows(_cells())
     assert header[:2] == ["train.weight_decay", "task.train_fraction"]
     assert rows[3][2:5] == ["2/2", "done", "comprehension"]
+    assert header[9:12] == ["fit step", "generalize step", "ratio"]
+    assert rows[3][9:12] == ["100", "500", "5"]  # medians of (200, 800) and (2, 8)
     assert rows[1][2] == "0/1" and rows[1][-1] == "boom"
+    # a version-1 manifest's runs (t_train, t_test, delay = the ratio) draw the same
+    legacy = [
+        {
+            **c,
+            "runs": [
+                {
+                    **{k: r[k] for k in ("phase", "status", "error")},
+                    **{"t_train": r["fit_step"], "t_test": r["generalize_step"]},
+                    "delay": r["ratio"],
+                }
+                for r in c["runs"]
+            ],
+        }
+        for c in _cells()
+    ]
+    old = delay_heatmap_figure(legacy, "train.weight_decay", "task.train_fraction")
+    np.testing.assert_array_equal(np.asarray(old.data[0].z, dtype=float), z)
+    assert sweep_table_rows(legacy) == (header, rows)
     assert len(phase_table_figure(_cells()).data[0].cells.values) == len(header)
     fig = sweep_curves_figure(
         {"a": [{"step": [0, 1], "train_acc": [0, 1], "test_acc": [0, 0.5]}]}, threshold=0.9

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from grokinterp.store import has_resume_state
+
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
@@ -66,7 +68,7 @@ def _snapshot(out: Path) -> dict[str, dict]:
         metrics = d / "metrics.jsonl"
         snap[d.name] = {
             "status": info["status"],
-            "state": (d / "state" / "latest.pt").is_file(),
+            "state": has_resume_state(d),
             "metrics": metrics.read_bytes() if metrics.is_file() else b"",
             "mtime": metrics.stat().st_mtime_ns if metrics.is_file() else None,
         }

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from grokinterp.analysis.curves import grok_times
 from grokinterp.config import apply_overrides, load_preset
 from grokinterp.experiments.tickets import CPU_OVERRIDES, retrain_ticket, summarize_run
-from grokinterp.store import first_step_reaching
 from grokinterp.training import train
 
 
@@ -25,18 +25,24 @@ def test_post_generalization_ticket_beats_dense_and_norm_controls(tmp_path):
     parent = train(cfg, tmp_path / "parent", progress=False)
     assert parent.metrics[-1]["test_acc"] > 0.95  # the ticket is taken after generalization
     budget = 600
-    dense_t_gen = first_step_reaching(parent, "test_acc", 0.95)
+    dense_gen = grok_times(parent.metrics).generalize_step
     rows = {
         kind: summarize_run(
             retrain_ticket(
-                parent, "final", 0.6, tmp_path / kind, kind=kind, steps=budget, progress=False
+                parent,
+                "final",
+                sparsity=0.6,
+                out_dir=tmp_path / kind,
+                kind=kind,
+                steps=budget,
+                progress=False,
             ),
             kind,
         )
         for kind in ("ticket", "dense_l2", "dense_l1")
     }
-    t_ticket = rows["ticket"]["t_gen"]
-    assert t_ticket is not None and t_ticket < dense_t_gen, (t_ticket, dense_t_gen)
+    t_ticket = rows["ticket"]["generalize_step"]
+    assert t_ticket is not None and t_ticket < dense_gen, (t_ticket, dense_gen)
     for kind in ("dense_l2", "dense_l1"):
-        t = rows[kind]["t_gen"]
+        t = rows[kind]["generalize_step"]
         assert t is None or t > t_ticket, (kind, t, t_ticket)

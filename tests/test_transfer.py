@@ -11,6 +11,7 @@ import torch
 
 from grokinterp.analysis import over_training
 from grokinterp.analysis import transfer as T
+from grokinterp.analysis.curves import grok_times
 from grokinterp.config import GrokinterpError, RunConfig, apply_overrides
 from grokinterp.experiments import transfer as X
 from grokinterp.models import build_model, effective_embedding
@@ -128,9 +129,11 @@ def test_select_weak_step(weak):
 
 def test_task_mismatch_and_non_token_target_are_refused(weak, tmp_path):
     with pytest.raises(GrokinterpError, match="task.*p"):
-        X.transfer(weak, apply_overrides(_cfg(TARGET), ["task.p=13"]), 10, tmp_path)
-    with pytest.raises(GrokinterpError, match="token model"):
-        X.transfer(weak, apply_overrides(_cfg(TARGET), ["model.name=mlp"]), 10, tmp_path)
+        X.transfer(weak, apply_overrides(_cfg(TARGET), ["task.p=13"]), weak_at=10, out_dir=tmp_path)
+    with pytest.raises(GrokinterpError, match="token"):  # an mlp is no token model
+        X.transfer(
+            weak, apply_overrides(_cfg(TARGET), ["model.name=mlp"]), weak_at=10, out_dir=tmp_path
+        )
 
 
 def test_compare_transfer_table_and_reuse(weak, tmp_path):
@@ -138,7 +141,9 @@ def test_compare_transfer_table_and_reuse(weak, tmp_path):
     assert [r["kind"] for r in res.rows] == ["scratch", "transfer", "random_a"]
     for r in res.rows:
         assert r["final_step"] == 10 and r["wall_total_s"] >= 0
-        assert r["gap"] is None or r["gap"] == r["steps_test"] - r["steps_train"]
+        times = grok_times(res.runs[r["kind"]].metrics)
+        assert (r["fit_step"], r["generalize_step"]) == (times.fit_step, times.generalize_step)
+        assert (r["delay"], r["ratio"]) == (times.delay, times.ratio)
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert saved["weak_step"] == 10 and len(saved["rows"]) == 3
     assert res.runs["scratch"].config.model.embedding == "full"
@@ -253,7 +258,9 @@ def test_transfer_analysis_over_training(weak, tmp_path):
     s = T.transfer_summary(run, res, n_perm=200)
     assert s["kind"] == "transfer" and s["subspace_energy_init"] == pytest.approx(1.0)
     assert 0 <= s["overlap"] <= 1 and s["weak_keys"]
-    assert T.transfer_table(run, res).row_count >= 8
+    gen = s["generalize_step"]  # grok_times; the analysis step is the first checkpoint at/after it
+    assert s["generalized"] == (gen is not None) and (gen is None or s["analysis_step"] >= gen)
+    assert set(s) <= set(T.SUMMARY_LABELS)  # every key has a display name
 
 
 def test_transfer_analysis_applies_only_to_transfer_runs(weak):
@@ -297,6 +304,7 @@ def test_cli_transfer_and_compare(weak, tmp_path):
     assert res.exit_code == 0, res.output
     for kind in ("scratch", "transfer", "random_a", "grokfast"):
         assert kind in res.output
+    assert "fit step" in res.output and "generalize step" in res.output and "≥95%" in res.output
     grok = Run.open(tmp_path / "cmp" / "grokfast")
     assert grok.config.train.grokfast == X.GROKFAST_EMA and grok.metrics[-1]["step"] == 6
     res = runner.invoke(app, [*base, "--weak-at", "acc=1.5", "--out", str(tmp_path / "bad")])
@@ -315,7 +323,7 @@ def test_analyze_prints_the_transfer_summary(weak, tmp_path):
         app, ["analyze", str(run.path), "--only", "transfer", "-q"], env={"COLUMNS": "200"}
     )
     assert res.exit_code == 0, res.output
-    assert "overlap" in res.output and "E_W key frequencies" in res.output
+    assert "overlap" in res.output and T.SUMMARY_LABELS["weak_keys"] in res.output
 
 
 def test_transfer_figures(weak, tmp_path):

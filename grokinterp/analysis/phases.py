@@ -9,26 +9,36 @@ hyperparameters (weight decay, learning rate, data fraction) with four phases:
 - **memorization**: it fits the training set and never generalizes (within the budget);
 - **confusion**: it does not even fit the training set.
 
-The rule used here (thresholds are our documented defaults, not the paper's step cut-offs, so
-that the rule does not depend on the scale of the step budget). With ``thr`` the accuracy
-threshold (default 0.9), ``t_train`` / ``t_test`` the first evaluated step at which train / test
-accuracy is ≥ ``thr`` (and stays so for ``sustain`` consecutive evaluations), and ``R`` the
-grokking ratio (default 3):
+The times are those of :mod:`grokinterp.analysis.curves` (the one definition of "it grokked"):
+``fit_step`` / ``generalize_step`` are the first evaluated steps at which train / test accuracy
+is ≥ ``threshold`` and stays so for ``sustain`` consecutive evaluations
+(:func:`~grokinterp.analysis.curves.first_crossing`), ``delay = generalize_step - fit_step``
+(steps) and ``ratio = generalize_step / max(fit_step, 1)`` (the τ = t_gen / t_mem of Minegishi
+et al.). With ``R`` the grokking ratio cut-off (default 3):
 
 ==========================  =================================================================
 phase                       condition
 ==========================  =================================================================
-``confusion``               ``t_train`` and ``t_test`` both undefined (neither reaches thr)
-``memorization``            ``t_train`` defined, ``t_test`` undefined
-``grokking``                both defined and ``t_test ≥ R · max(t_train, 1)``
-``comprehension``           both defined and ``t_test < R · max(t_train, 1)``; also a run whose
-                            test accuracy reaches ``thr`` while train accuracy never does
-                            (e.g. noisy train labels): it generalizes without fitting
+``confusion``               neither time defined (no curve reaches the threshold)
+``memorization``            ``fit_step`` defined, ``generalize_step`` undefined
+``grokking``                both defined and ``ratio ≥ R``
+``comprehension``           both defined and ``ratio < R``; also a run whose test accuracy
+                            reaches the threshold while train accuracy never does (e.g. noisy
+                            train labels): it generalizes without fitting
 ==========================  =================================================================
 
-The delay is ``t_test / max(t_train, 1)``: the ``t_gen / t_mem`` ratio of Minegishi et al.
-("Bridging Lottery Ticket and Grokking"), defined when both times are. Everything here is a
-pure function on plain lists (e.g. the columns of ``Run.metrics``): no torch, no disk.
+Why the phase threshold is :data:`PHASE_THRESHOLD` (90 %), not
+:data:`~grokinterp.analysis.curves.DEFAULT_THRESHOLD` (95 %): the phase rule reproduces Liu et
+al.'s phase diagrams, which call a curve "reached" at 90 % accuracy (their step cut-offs are
+replaced here by the ratio ``R`` so that the rule does not depend on the scale of the step
+budget), and it is applied to every run of a sweep, often with ``sustain > 1`` to ignore single
+spikes — a classification over a grid, not the headline "when did this run grok" of the report,
+the CLI, tickets and transfer, which all use ``DEFAULT_THRESHOLD``. Keeping 0.9 also keeps the
+phase labels of existing sweeps. The threshold is a parameter (``grokinterp sweep --threshold``)
+and is recorded in the sweep manifest.
+
+Everything here is a pure function on plain lists (e.g. the columns of ``Run.metrics``): no
+torch, no disk.
 """
 
 from __future__ import annotations
@@ -39,23 +49,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from grokinterp.analysis.curves import GrokTimes, first_crossing
 from grokinterp.config import GrokinterpError
 
 __all__ = [
     "DEFAULT_RATIO",
-    "DEFAULT_THRESHOLD",
+    "PHASE_THRESHOLD",
     "PHASES",
     "CellPhases",
     "RunPhase",
     "aggregate_phases",
     "classify_metrics",
     "classify_phase",
-    "first_sustained_step",
     "validate_phase_params",
 ]
 
 PHASES: tuple[str, ...] = ("comprehension", "grokking", "memorization", "confusion")
-DEFAULT_THRESHOLD = 0.9
+PHASE_THRESHOLD = 0.9  # Liu et al. 2022's level; why not curves.DEFAULT_THRESHOLD: module doc
 DEFAULT_RATIO = 3.0
 
 
@@ -64,15 +74,43 @@ class RunPhase:
     """The phase of one run and the times it was decided from (steps; None = never)."""
 
     phase: str
-    t_train: int | None
-    t_test: int | None
-    delay: float | None  # t_test / max(t_train, 1), when both are defined
+    fit_step: int | None
+    generalize_step: int | None
+    delay: int | None  # generalize_step - fit_step (steps), when both are defined
+    ratio: float | None  # generalize_step / max(fit_step, 1), when both are defined
     final_train_acc: float | None = None
     final_test_acc: float | None = None
     last_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunPhase:
+        """A run's ``to_dict()`` form as stored in ``sweep.json``, old manifests included.
+
+        Reads the current keys (``fit_step``, ``generalize_step``, ``delay``, ``ratio``) and those
+        of manifests written before the one vocabulary: ``t_train``, ``t_test`` and ``delay``,
+        which there was the *ratio* t_test / max(t_train, 1); the delay in steps is then
+        recomputed from the two times."""
+        new = any(k in d for k in ("fit_step", "generalize_step", "ratio"))
+        if new or not any(k in d for k in ("t_train", "t_test", "delay")):
+            fit, gen, ratio = d.get("fit_step"), d.get("generalize_step"), d.get("ratio")
+            delay = d.get("delay")
+        else:  # a sweep.json written before fit_step / generalize_step
+            fit, gen, ratio, delay = d.get("t_train"), d.get("t_test"), d.get("delay"), None
+        if delay is None and fit is not None and gen is not None:
+            delay = gen - fit
+        return cls(
+            phase=d.get("phase"),
+            fit_step=fit,
+            generalize_step=gen,
+            delay=delay,
+            ratio=ratio,
+            final_train_acc=d.get("final_train_acc"),
+            final_test_acc=d.get("final_test_acc"),
+            last_step=d.get("last_step"),
+        )
 
 
 @dataclass(frozen=True)
@@ -81,16 +119,17 @@ class CellPhases:
 
     ``fractions`` maps every name of :data:`PHASES` to the fraction of classified runs in that
     phase; ``phase`` is the most frequent one (ties go to the earlier name of :data:`PHASES`);
-    ``median_delay`` is the median of the defined delays (None if no run has both times).
+    the medians are over the runs where the value is defined (None if none is).
     """
 
     phase: str | None
     n_runs: int
     fractions: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    median_ratio: float | None = None
     median_delay: float | None = None
-    median_t_train: float | None = None
-    median_t_test: float | None = None
+    median_fit_step: float | None = None
+    median_generalize_step: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,36 +145,11 @@ def validate_phase_params(threshold: float, ratio: float, sustain: int) -> None:
         raise GrokinterpError(f"sustain={sustain!r} must be an integer ≥ 1")
 
 
-def first_sustained_step(
-    steps: Sequence[int], values: Sequence[float], threshold: float, sustain: int = 1
-) -> int | None:
-    """First ``steps[i]`` with ``values[i..i+sustain-1]`` all ≥ ``threshold`` (None if never).
-
-    A run of fewer than ``sustain`` evaluations at the very end of training also counts: the
-    budget, not the model, cut it short. NaN never counts as reaching the threshold.
-    """
-    if len(steps) != len(values):
-        raise GrokinterpError(
-            f"steps and values must have the same length, got {len(steps)} and {len(values)}"
-        )
-    start, count = None, 0
-    for s, v in zip(steps, values, strict=True):
-        if v is not None and not math.isnan(float(v)) and float(v) >= threshold:
-            if count == 0:
-                start = int(s)
-            count += 1
-            if count >= sustain:
-                return start
-        else:
-            start, count = None, 0
-    return start  # a streak still running at the end of the budget (or None)
-
-
 def classify_phase(
     steps: Sequence[int],
     train_acc: Sequence[float],
     test_acc: Sequence[float],
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float = PHASE_THRESHOLD,
     ratio: float = DEFAULT_RATIO,
     sustain: int = 1,
 ) -> RunPhase:
@@ -144,8 +158,8 @@ def classify_phase(
     Args:
         steps: evaluated steps, increasing.
         train_acc, test_acc: accuracies in [0, 1] at those steps.
-        threshold: accuracy that counts as "reached" (default 0.9).
-        ratio: ``R``; grokking when ``t_test ≥ R · max(t_train, 1)`` (default 3).
+        threshold: accuracy that counts as "reached" (default :data:`PHASE_THRESHOLD`, 0.9).
+        ratio: ``R``; grokking when ``generalize_step ≥ R · max(fit_step, 1)`` (default 3).
         sustain: the threshold must hold for this many consecutive evaluations (default 1).
 
     Returns:
@@ -161,21 +175,23 @@ def classify_phase(
         raise GrokinterpError("steps is empty: a run needs at least one evaluation")
     if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
         raise GrokinterpError("steps must be strictly increasing")
-    t_train = first_sustained_step(steps, train_acc, threshold, sustain)
-    t_test = first_sustained_step(steps, test_acc, threshold, sustain)
-    delay = None
-    if t_train is None:
-        phase = "confusion" if t_test is None else "comprehension"
-    elif t_test is None:
+    times = GrokTimes(
+        first_crossing(steps, train_acc, threshold, sustain),
+        first_crossing(steps, test_acc, threshold, sustain),
+        threshold,
+    )
+    if times.fit_step is None:
+        phase = "confusion" if times.generalize_step is None else "comprehension"
+    elif times.generalize_step is None:
         phase = "memorization"
     else:
-        delay = t_test / max(t_train, 1)
-        phase = "grokking" if delay >= ratio else "comprehension"
+        phase = "grokking" if times.ratio >= ratio else "comprehension"
     return RunPhase(
         phase=phase,
-        t_train=t_train,
-        t_test=t_test,
-        delay=delay,
+        fit_step=times.fit_step,
+        generalize_step=times.generalize_step,
+        delay=times.delay,
+        ratio=times.ratio,
         final_train_acc=float(train_acc[-1]),
         final_test_acc=float(test_acc[-1]),
         last_step=int(steps[-1]),
@@ -184,7 +200,7 @@ def classify_phase(
 
 def classify_metrics(
     metrics: Sequence[Mapping[str, Any]],
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float = PHASE_THRESHOLD,
     ratio: float = DEFAULT_RATIO,
     sustain: int = 1,
 ) -> RunPhase:
@@ -207,23 +223,21 @@ def _median(values: list[float]) -> float | None:
 
 
 def aggregate_phases(runs: Sequence[RunPhase | Mapping[str, Any]]) -> CellPhases:
-    """Aggregate the seeds of one cell: fraction per phase, majority phase, median delay.
+    """Aggregate the seeds of one cell: fraction per phase, majority phase, median times.
 
-    Accepts :class:`RunPhase` objects or their ``to_dict()`` form (as stored in ``sweep.json``).
-    An empty list gives ``phase=None`` and zero fractions (a cell with no finished run).
+    Accepts :class:`RunPhase` objects or their ``to_dict()`` form (as stored in ``sweep.json``,
+    old manifests included: :meth:`RunPhase.from_dict`). An empty list gives ``phase=None`` and zero
+    fractions (a cell with no finished run).
     """
-    phases, delays, t_tr, t_te = [], [], [], []
-    for r in runs:
-        d = r.to_dict() if isinstance(r, RunPhase) else dict(r)
-        if d.get("phase") not in PHASES:
-            raise GrokinterpError(f"phase={d.get('phase')!r} is not one of {', '.join(PHASES)}")
-        phases.append(d["phase"])
-        if d.get("delay") is not None:
-            delays.append(float(d["delay"]))
-        if d.get("t_train") is not None:
-            t_tr.append(float(d["t_train"]))
-        if d.get("t_test") is not None:
-            t_te.append(float(d["t_test"]))
+    parsed = [r if isinstance(r, RunPhase) else RunPhase.from_dict(r) for r in runs]
+    for r in parsed:
+        if r.phase not in PHASES:
+            raise GrokinterpError(f"phase={r.phase!r} is not one of {', '.join(PHASES)}")
+
+    def median(attr: str) -> float | None:
+        return _median([float(v) for r in parsed if (v := getattr(r, attr)) is not None])
+
+    phases = [r.phase for r in parsed]
     n = len(phases)
     counts = {p: phases.count(p) for p in PHASES}
     fractions = {p: (counts[p] / n if n else 0.0) for p in PHASES}
@@ -234,7 +248,8 @@ def aggregate_phases(runs: Sequence[RunPhase | Mapping[str, Any]]) -> CellPhases
         n_runs=n,
         fractions=fractions,
         counts=counts,
-        median_delay=_median(delays),
-        median_t_train=_median(t_tr),
-        median_t_test=_median(t_te),
+        median_ratio=median("ratio"),
+        median_delay=median("delay"),
+        median_fit_step=median("fit_step"),
+        median_generalize_step=median("generalize_step"),
     )

@@ -28,44 +28,36 @@ Conventions used throughout this module (they make masks exact and reproducible)
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
+import hashlib
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from grokinterp.analysis.registry import register_analysis
+from grokinterp.analysis.batch import CheckpointBatch
+from grokinterp.analysis.curves import DEFAULT_THRESHOLD, grok_times
+from grokinterp.analysis.registry import Measure, cache_info, register_analysis
 from grokinterp.config import GrokinterpError
 from grokinterp.store import Run, load_tensors, save_tensors
 
 Include = None | str | Iterable[str] | Callable[[str, Tensor], bool]
 
+# fmt: off
 __all__ = [
-    "is_prunable",
-    "prunable_names",
-    "n_removed",
-    "mask_from_scores",
-    "magnitude_mask",
-    "random_mask",
-    "random_mask_like",
-    "mask_sparsity",
-    "mask_jaccard",
-    "apply_mask",
-    "masked_norm",
-    "norm_ratio",
-    "rescale_to_norm",
-    "resolve_step",
-    "ticket_path",
-    "extract_ticket",
-    "load_mask",
-    "save_mask",
-    "pack_mask",
-    "jaccard_matrix",
+    "is_prunable", "prunable_names", "n_removed", "mask_from_scores", "magnitude_mask",
+    "random_mask", "random_mask_like", "mask_sparsity", "mask_jaccard", "apply_mask",
+    "masked_norm", "norm_ratio", "rescale_to_norm", "resolve_step", "ticket_path",
+    "extract_ticket", "load_mask", "save_mask", "pack_mask", "jaccard_matrix", "keep_top",
+    "magnitude_masks", "tickets_summary", "SUMMARY_LABELS",
 ]
+# fmt: on
 
 
 # ----------------------------------------------------------------------------- prunable set
@@ -426,14 +418,9 @@ def extract_ticket(
     step = resolve_step(run, step)
     mask = magnitude_mask(model_parameters(run, step), sparsity, scope, include)
     if save and include is None:
-        meta = {
-            "step": str(step),
-            "sparsity": repr(float(sparsity)),
-            "scope": scope,
-            "criterion": "magnitude",
-            "run": str(run.path),
-            "kept": str(sum(int(m.sum()) for m in mask.values())),
-        }
+        kept = sum(int(m.sum()) for m in mask.values())
+        meta = dict(step=step, sparsity=repr(float(sparsity)), scope=scope, criterion="magnitude")
+        meta = {k: str(v) for k, v in (meta | {"run": run.path, "kept": kept}).items()}
         save_tensors(ticket_path(run, step, sparsity, scope), mask, metadata=meta)
     return mask
 
@@ -473,14 +460,86 @@ def jaccard_matrix(bits: Tensor, n_entries: int) -> Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
 
 
-def _applies_tickets(run: Run) -> str | None:
-    return None
+# ----------------------------------------------------------------------------- batched path
 
 
-@register_analysis("tickets", applies=_applies_tickets)
+def keep_top(scores: Tensor, n_keep: int) -> Tensor:
+    """Bool ``[C, n]``: the ``n_keep`` largest of each row of ``scores``, earlier index first
+    among ties — :func:`_top_k_flat` per row, by selection (``kthvalue``) instead of a sort."""
+    C, n = scores.shape
+    if n_keep <= 0 or n_keep >= n:
+        return torch.full((C, n), n_keep > 0, dtype=torch.bool, device=scores.device)
+    thr = scores.kthvalue(n - n_keep + 1, dim=1, keepdim=True).values  # the n_keep-th largest
+    keep = scores >= thr
+    if bool((keep.sum(1) == n_keep).all()):  # no tie to break at the threshold (the usual case)
+        return keep
+    above = scores > thr
+    tie = keep & ~above
+    return above | (tie & (tie.cumsum(1) <= n_keep - above.sum(1, keepdim=True)))
+
+
+def magnitude_masks(
+    params: Mapping[str, Tensor], names: Sequence[str], sparsity: float, scope: str = "global"
+) -> Tensor:
+    """:func:`magnitude_mask` of stacked weights ``params[name]: [C, ...]``, same counts and ties,
+    flat: bool ``[C, N]``, the tensors ``names`` (which stacked shapes cannot tell) in sorted order
+    and row-major, as :func:`pack_mask` lays them out."""
+    _check_scope(scope)  # (n_removed checks the sparsity)
+    C, names = params[names[0]].shape[0], sorted(names)
+    # |θ| in its own dtype: widening to float64 (mask_from_scores) is exact, the ranking the same
+    scores = torch.cat([params[k].detach().reshape(C, -1) for k in names], 1).abs()
+    if bool(scores.isnan().any()):
+        raise GrokinterpError("scores contain NaN")
+    parts = (
+        [scores] if scope == "global" else scores.split([params[k][0].numel() for k in names], 1)
+    )
+    keep = [keep_top(f, f.shape[1] - n_removed(sparsity, f.shape[1])) for f in parts]
+    return keep[0] if len(keep) == 1 else torch.cat(keep, 1)
+
+
+SETTLE_LEVEL = 0.9  # not the paper's: the ticket "settles" once J(m_t, m_ref) stays above it
+# fmt: off
+SUMMARY_LABELS = {  # display names of tickets_summary's keys
+    "ref_step": "reference ticket at step", "fit_step": "train accuracy reaches 95% (step)",
+    "generalize_step": "test accuracy reaches 95% (step)",
+    "jaccard_ref_init": "Jaccard(step-0 mask, reference)",
+    "jaccard_ref_at_fit": "Jaccard(mask, reference) at fit", "jaccard_chance": "Jaccard by chance",
+    "jaccard_ref_at_generalize": "Jaccard(mask, reference) at generalization",
+    "settle_step": "Jaccard(mask, reference) ≥ 0.9 from step",
+}
+# fmt: on
+
+
+def tickets_summary(run: Run, results: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Headline numbers of a ``tickets`` result (keys with or without ``tickets/``): reference
+    step, :func:`~grokinterp.analysis.curves.grok_times`, J with the reference ticket at step 0
+    and at the first checkpoints ≥ ``fit_step`` / ``generalize_step``, where it settles."""
+    r = {k.removeprefix("tickets/"): v for k, v in results.items()}
+    steps = [int(s) for s in r.get("steps", run.steps)]
+    jr = [float(v) for v in r["jaccard_ref"]]
+    times = grok_times(run.metrics, DEFAULT_THRESHOLD)
+
+    def at(step: int | None) -> float | None:
+        i = len(steps) if step is None else bisect.bisect_left(steps, step)
+        return jr[i] if i < len(steps) else None
+
+    settle = max((i + 1 for i, v in enumerate(jr) if v < SETTLE_LEVEL), default=0)
+    return {
+        "ref_step": ((cache_info(run, "tickets") or {}).get("key") or {}).get("ref_step"),
+        "fit_step": times.fit_step,
+        "generalize_step": times.generalize_step,
+        "jaccard_ref_init": jr[0],
+        "jaccard_ref_at_fit": at(times.fit_step),
+        "jaccard_ref_at_generalize": at(times.generalize_step),
+        "settle_step": steps[settle] if settle < len(steps) else None,
+        "jaccard_chance": float(r["jaccard_random"][0]),
+    }
+
+
+@register_analysis("tickets", summarize=tickets_summary, labels=SUMMARY_LABELS)
 def make_tickets_analysis(
     run: Run, sparsity: float = 0.6, scope: str = "global", ref_step: int | str = "final"
-):
+) -> Measure:
     """Magnitude-mask (grokking ticket) similarity over training (Minegishi et al. 2310.19470).
 
     Per checkpoint t, with m_t = magnitude_mask(θ_t, sparsity, scope):
@@ -490,12 +549,18 @@ def make_tickets_analysis(
     (in sorted parameter-name order, the keys of the mask), ``bits`` = m_t packed
     (:func:`pack_mask`) and ``n_entries``; ``jaccard_matrix(out["tickets/bits"],
     int(out["tickets/n_entries"][0]))`` gives the Jaccard similarity of all pairs of checkpoints.
+    Batched: :func:`magnitude_masks`; cache key: the reference and step-0 steps, a ticket digest.
     """
     _check_sparsity(sparsity)
     _check_scope(scope)
-    ref = magnitude_mask(model_parameters(run, resolve_step(run, ref_step)), sparsity, scope)
-    init = magnitude_mask(model_parameters(run, resolve_step(run, "init")), sparsity, scope)
+    ref_at, init_at = resolve_step(run, ref_step), resolve_step(run, "init")
+    ref = magnitude_mask(model_parameters(run, ref_at), sparsity, scope)
+    init = magnitude_mask(model_parameters(run, init_at), sparsity, scope)
     names = sorted(ref)
+    sizes = torch.tensor([ref[k].numel() for k in names])
+    ticket_columns = [torch.cat([x[k].reshape(-1) for k in names]) for x in (ref, init)]
+    tensor_columns = torch.eye(len(names)).repeat_interleave(sizes, 0)  # [N, tensors] indicators
+    columns = torch.cat([torch.stack(ticket_columns, 1), tensor_columns], 1).double()
     d = 1.0 - mask_sparsity(ref)
     chance = d * d / (2 * d - d * d) if d > 0 else 1.0
 
@@ -511,4 +576,24 @@ def make_tickets_analysis(
             "n_entries": torch.tensor(sum(m[k].numel() for k in names)),
         }
 
-    return at_step
+    def at_steps(batch: CheckpointBatch) -> dict[str, Tensor]:
+        if prunable_names(dict(batch.model.named_parameters())) != names:  # as mask_jaccard
+            raise GrokinterpError(f"masks cover different tensors: not {names} at {batch.steps}")
+        flat = magnitude_masks(batch.params, names, sparsity, scope)  # [C, N]
+        # One product gives |m ∩ ref|, |m ∩ init| and the kept count per tensor (exact: float64)
+        C, counts = len(flat), flat.double() @ columns.to(flat.device)
+        inter = counts[:, :2]  # union = |m| + |ticket| - |m ∩ ticket|
+        union = counts[:, 2:].sum(1, keepdim=True) + columns[:, :2].sum(0).to(flat.device) - inter
+        jaccard = torch.where(union > 0, inter / union.clamp_min(1), 1.0).float()
+        return {
+            "jaccard_ref": jaccard[:, 0],
+            "jaccard_init": jaccard[:, 1],
+            "jaccard_random": torch.full((C,), chance, dtype=torch.float32),
+            "kept_fraction": (counts[:, 2:].cpu() / sizes).float(),
+            "bits": torch.from_numpy(np.packbits(flat.cpu().numpy(), axis=1)),  # as pack_mask
+            "n_entries": torch.full((C,), flat.shape[1], dtype=torch.int64),
+        }
+
+    digest = hashlib.sha256(pack_mask(ref).numpy().tobytes()).hexdigest()[:16]
+    key = {"ref_step": ref_at, "init_step": init_at, "ref_digest": digest}
+    return Measure(at_step=at_step, at_steps=at_steps, key=key)

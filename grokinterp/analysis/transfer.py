@@ -40,6 +40,7 @@ with ``groktransfer {json}``, including the scratch and random-A baselines of a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -50,32 +51,23 @@ import torch
 from torch import Tensor
 
 from grokinterp.analysis import fourier as F
-from grokinterp.analysis.registry import register_analysis
+from grokinterp.analysis.batch import CheckpointBatch
+from grokinterp.analysis.curves import DEFAULT_THRESHOLD, first_crossing, grok_times
+from grokinterp.analysis.registry import Measure, register_analysis
 from grokinterp.config import GrokinterpError
 from grokinterp.models import effective_embedding, first_layer_weight
-from grokinterp.store import Run, first_step_reaching, load_tensors
+from grokinterp.store import Run, load_tensors
 
 NOTES_PREFIX = "groktransfer "
 
+# fmt: off
 __all__ = [
-    "NOTES_PREFIX",
-    "transfer_info",
-    "transfer_applies",
-    "weak_embedding",
-    "group_rows",
-    "embedding_spectrum",
-    "energy_fraction",
-    "overlap_score",
-    "overlap_test",
-    "orthonormal_basis",
-    "principal_angles",
-    "subspace_energy",
-    "linear_cka",
-    "signal_energy",
-    "make_transfer",
-    "transfer_summary",
-    "transfer_table",
+    "NOTES_PREFIX", "transfer_info", "transfer_applies", "weak_embedding", "group_rows",
+    "embedding_spectrum", "energy_fraction", "overlap_score", "overlap_test", "orthonormal_basis",
+    "principal_angles", "subspace_energy", "linear_cka", "signal_energy", "key_frequency_masks",
+    "subspace_measures", "make_transfer", "transfer_summary", "SUMMARY_LABELS",
 ]
+# fmt: on
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,12 +306,173 @@ def linear_cka(X: Tensor, Y: Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# Batched forms (C checkpoints at once; the per-checkpoint functions above are the reference)
+# ---------------------------------------------------------------------------------------------
+
+
+def key_frequency_masks(spectra: Tensor) -> Tensor:
+    """:func:`~grokinterp.analysis.fourier.select_key_frequencies` of each row of ``[C, K]`` (same
+    rule, ties, all-zero case) as a bool mask ``[C, K]``, entry ``k - 1`` = frequency ``k``."""
+    s = spectra.double()
+    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+        raise GrokinterpError("spectrum must be finite and non-negative")
+    C, K = s.shape
+    top = s.max(1, keepdim=True).values
+    xs, order = torch.sort(torch.maximum(s, 1e-12 * top), dim=1, descending=True, stable=True)
+    m = (xs[:, :-1] / xs[:, 1:])[:, : max(1, K // 2)].argmax(1, keepdim=True) + 1  # first max
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(K, device=s.device).expand(C, K))
+    return (rank < m) | (top == 0) if K > 1 else torch.ones(C, K, dtype=torch.bool, device=s.device)
+
+
+def _angles(Qx: Tensor, Y: Tensor) -> Tensor:
+    """:func:`principal_angles` between ``span(Qx [n, a])`` and each ``span(Y[c] [n, b])``."""
+    Qy = torch.linalg.qr(Y).Q
+    Qx = torch.linalg.qr(Qx).Q.expand(Qy.shape[0], -1, -1)
+    if Qx.shape[-1] < Qy.shape[-1]:
+        Qx, Qy = Qy, Qx
+    M, k = Qx.mT @ Qy, Qy.shape[-1]
+    cos = torch.linalg.svdvals(M).clamp(0, 1)[:, :k]
+    sin = torch.linalg.svdvals(Qy - Qx @ M).clamp(0, 1).flip(-1)[:, :k]
+    return torch.where(sin < math.sqrt(0.5), torch.arcsin(sin), torch.arccos(cos))
+
+
+def subspace_measures(T: Tensor, E_W: Tensor, r: int, center: bool) -> dict[str, Tensor]:
+    """``principal_angles [C, r]`` (NaN-padded), ``subspace_energy`` and ``cka [C]`` of stacked
+    targets ``T [C, n, d]`` vs ``E_W [n, r_W]`` (``center``: token rows lose their mean first).
+    Float64: at step 0 span(A·B) ⊂ span(A) exactly, which float32 would blur (angles ~1e-4)."""
+    X, T = E_W.double().to(T.device), T.double()
+    if center:
+        X, T = X - X.mean(0, keepdim=True), T - T.mean(-2, keepdim=True)
+    C, rt = T.shape[0], min(r, *T.shape[-2:])
+    U = torch.linalg.svd(T, full_matrices=False).U[..., :rt]  # orthonormal_basis(T, r=rt)
+    a = _angles(orthonormal_basis(X, r=min(X.shape)).to(T.device), U)
+    angles = torch.full((C, r), math.nan, dtype=torch.float64, device=T.device)
+    angles[:, : a.shape[1]] = a
+    Q = orthonormal_basis(X).to(T.device)
+    total = T.pow(2).sum((-2, -1))
+    energy = torch.where(total > 0, (Q.T @ T).pow(2).sum((-2, -1)) / total, 0.0)
+    Xc, Yc = X - X.mean(0, keepdim=True), T - T.mean(-2, keepdim=True)  # CKA centres anyway
+    den = (Xc.T @ Xc).norm() * (Yc.mT @ Yc).norm(dim=(-2, -1))
+    cka = torch.where(den > 0, (Yc.mT @ Xc).pow(2).sum((-2, -1)) / den, 0.0)
+    return {
+        "principal_angles": angles.float(),
+        "subspace_energy": energy.float(),
+        "cka": cka.float(),
+    }
+
+
+# _ON_CPU: the batched paths do their small float64 SVDs/QRs on the CPU even from a GPU: faster
+# there (H200, p = 113, 58 checkpoints: 0.42-0.55 s on the GPU, 0.27 s on its CPU).
+def _key(E_W: Tensor, source: str) -> dict[str, str]:  # where E_W came from, and its digest
+    raw = E_W.detach().cpu().contiguous().float().numpy().tobytes()
+    return {"weak_source": source, "weak_digest": hashlib.sha256(raw).hexdigest()[:16]}
+
+
+# ---------------------------------------------------------------------------------------------
 # The registered analysis
 # ---------------------------------------------------------------------------------------------
 
 
-@register_analysis("transfer", applies=transfer_applies)
-def make_transfer(run: Run, weak_embedding_source: str | None = None) -> Any:
+# Display names of transfer_summary's keys (the CLI and the report format the values).
+SUMMARY_LABELS = {
+    "kind": "run kind",
+    "fit_step": "train accuracy reaches 95% (step)",
+    "generalize_step": "test accuracy reaches 95% (step)",
+    "analysis_step": "analysed at step (first ≥ 95% test, else last)",
+    "generalized": "reaches 95% test accuracy",
+    "fourier": "Fourier spectra (token inputs)",
+    "cka_init": "linear CKA(E_W, target) at init",
+    "cka": "linear CKA(E_W, target), analysed",
+    "subspace_energy_init": "target energy in span(E_W) at init",
+    "subspace_energy": "target energy in span(E_W), analysed",
+    "max_angle_deg_init": "largest principal angle (deg) at init",
+    "max_angle_deg": "largest principal angle (deg), analysed",
+    "weak_signal_energy": "E_W energy on the signal coordinates x1, x2",
+    "signal_energy_init": "target W_in energy on x1, x2 at init",
+    "signal_energy": "target W_in energy on x1, x2, analysed",
+    "weak_keys": "E_W key frequencies K_W",
+    "init_keys": "target key frequencies at step 0",
+    "target_keys": "target key frequencies K_T, analysed",
+    "overlap": "overlap |K_T ∩ K_W| / |K_T|",
+    "overlap_baseline": "overlap, permutation baseline",
+    "overlap_p_value": "overlap p-value (permutations)",
+    "overlap_p_exact": "overlap p-value (exact)",
+    "overlap_init": "overlap at step 0",
+    "energy_in_weak_keys_init": "target Fourier energy in K_W at init",
+    "energy_in_weak_keys": "target Fourier energy in K_W, analysed",
+    "energy_chance": "Fourier energy in K_W by chance",
+}
+
+
+def _freqs(mask: Tensor) -> list[int]:
+    return [int(i) + 1 for i in torch.nonzero(mask > 0.5).flatten()]
+
+
+def transfer_summary(
+    run: Run,
+    results: dict[str, Tensor],
+    level: float = DEFAULT_THRESHOLD,
+    n_perm: int = 10_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Headline numbers of a ``transfer`` result (keys with or without the ``transfer/`` prefix).
+
+    ``fit_step`` / ``generalize_step``: :func:`~grokinterp.analysis.curves.grok_times` at
+    ``level``; ``analysis_step`` = the first *checkpoint* whose test accuracy is ≥ ``level``
+    (else the last checkpoint, with ``generalized = False``), where the target's key frequencies
+    are read and tested against E_W's with :func:`overlap_test`.
+    """
+    r = {k.removeprefix("transfer/"): v for k, v in results.items()}
+    # `grokinterp analyze` passes the keys without "steps" and covers every checkpoint
+    steps = [int(s) for s in r.get("steps", run.steps)]
+    acc = {m["step"]: m["test_acc"] for m in run.metrics if m.get("test_acc") is not None}
+    gen = first_crossing(steps, [acc.get(s) for s in steps], level)
+    i = steps.index(gen) if gen is not None else len(steps) - 1
+    info = transfer_info(run) or {}
+    times = grok_times(run.metrics, level)
+    out: dict[str, Any] = {
+        "kind": info.get("kind", "transfer" if run.config.model.embedding == "factorized" else "?"),
+        "fit_step": times.fit_step,
+        "generalize_step": times.generalize_step,
+        "analysis_step": steps[i],
+        "generalized": gen is not None,
+        "fourier": "spectrum" in r,
+        "cka_init": float(r["cka"][0]),
+        "cka": float(r["cka"][i]),
+        "subspace_energy_init": float(r["subspace_energy"][0]),
+        "subspace_energy": float(r["subspace_energy"][i]),
+        "max_angle_deg_init": math.degrees(float(torch.nan_to_num(r["principal_angles"][0]).max())),
+        "max_angle_deg": math.degrees(float(torch.nan_to_num(r["principal_angles"][i]).max())),
+    }
+    if "signal_energy" in r:
+        out["weak_signal_energy"] = float(r["weak_signal_energy"][0])
+        out["signal_energy_init"] = float(r["signal_energy"][0])
+        out["signal_energy"] = float(r["signal_energy"][i])
+    if not out["fourier"]:  # vector inputs (mlp): no Fourier spectra
+        return out
+    K = r["spectrum"].shape[1]
+    weak_keys, init_keys = _freqs(r["weak_key_mask"][0]), _freqs(r["key_mask"][0])
+    target_keys = _freqs(r["key_mask"][i])
+    test = overlap_test(target_keys, weak_keys, K, n_perm=n_perm, seed=seed)
+    return out | {
+        "weak_keys": weak_keys,
+        "init_keys": init_keys,
+        "target_keys": target_keys,
+        "overlap": test["score"],
+        "overlap_baseline": test["baseline"],
+        "overlap_p_value": test["p_value"],
+        "overlap_p_exact": test["p_exact"],
+        "overlap_init": overlap_score(init_keys, weak_keys),
+        "energy_in_weak_keys_init": float(r["energy_in_weak_keys"][0]),
+        "energy_in_weak_keys": float(r["energy_in_weak_keys"][i]),
+        "energy_chance": len(weak_keys) / K,
+    }
+
+
+@register_analysis(
+    "transfer", applies=transfer_applies, summarize=transfer_summary, labels=SUMMARY_LABELS
+)
+def make_transfer(run: Run, weak_embedding_source: str | None = None) -> Measure:
     """GrokTransfer: target embedding spectrum, key frequencies, overlap and subspaces vs E_W.
 
     Per checkpoint (``K`` = number of frequencies, ``r`` = E_W's width): ``spectrum [K]`` of the
@@ -331,13 +484,14 @@ def make_transfer(run: Run, weak_embedding_source: str | None = None) -> Any:
 
     For an ``mlp`` (vector inputs) only ``principal_angles``, ``subspace_energy`` and ``cka``
     between E_W and the target's first layer ``W_in``, plus ``signal_energy`` and
-    ``weak_signal_energy`` on ``xor_cluster`` (module docstring).
+    ``weak_signal_energy`` on ``xor_cluster`` (module docstring). Batched path:
+    :func:`key_frequency_masks`, :func:`subspace_measures`; cache key: E_W's source and digest.
     """
     if run.config.model.name == "mlp":
         return _first_layer_transfer(run, weak_embedding_source)
     task = run.task()
     p = int(task.p)
-    E_W, _ = weak_embedding(run, weak_embedding_source)
+    E_W, source = weak_embedding(run, weak_embedding_source)
     W = group_rows(E_W, task.name, p)
     weak_spec = F.frequency_norms(W)
     K = weak_spec.numel()
@@ -349,7 +503,7 @@ def make_transfer(run: Run, weak_embedding_source: str | None = None) -> Any:
     r = Q_W.shape[1]
 
     def at_step(step: int, state: dict[str, Tensor], model: Any) -> dict[str, Tensor]:
-        T = group_rows(effective_embedding(state), task.name, p)
+        T = group_rows(effective_embedding(state).cpu(), task.name, p)
         spec = F.frequency_norms(T)
         keys = F.select_key_frequencies(spec)
         mask = torch.zeros(K)
@@ -373,7 +527,26 @@ def make_transfer(run: Run, weak_embedding_source: str | None = None) -> Any:
             "cka": torch.tensor(linear_cka(W, T)),
         }
 
-    return at_step
+    rows = _indexing(task.name, p).a_tokens
+
+    def at_steps(batch: CheckpointBatch) -> dict[str, Tensor]:
+        T = effective_embedding(batch.params)[:, rows.to(batch.device)].double().cpu()  # _ON_CPU
+        C, spec = len(T), F.frequency_norms(T)  # [C, K]
+        mask, s2 = key_frequency_masks(spec).float(), spec.pow(2)
+        in_weak = (s2 @ weak_mask.double()) / s2.sum(1).clamp_min(1e-300)  # 0 if no energy
+        return {
+            "spectrum": spec.float(),
+            "key_mask": mask,
+            "gini": F.gini_rows(spec).float(),
+            "weak_spectrum": weak_spec.float().repeat(C, 1),
+            "weak_key_mask": weak_mask.repeat(C, 1),
+            "overlap": ((mask * weak_mask).sum(1) / mask.sum(1)).float(),
+            "overlap_expected": torch.full((C,), len(weak_keys) / K),
+            "energy_in_weak_keys": in_weak.float(),
+            **subspace_measures(T, W, r, center=True),
+        }
+
+    return Measure(at_step=at_step, at_steps=at_steps, key=_key(E_W, source))
 
 
 def signal_energy(W: Tensor, n_signal: int = 2) -> float:
@@ -383,9 +556,10 @@ def signal_energy(W: Tensor, n_signal: int = 2) -> float:
     return float(W[:n_signal].pow(2).sum()) / total if total > 0 else 0.0
 
 
-def _first_layer_transfer(run: Run, source: str | None) -> Any:
+def _first_layer_transfer(run: Run, source: str | None) -> Measure:
     """The ``transfer`` analysis of an ``mlp``: E_W vs the target's first layer, no Fourier."""
-    E_W = weak_embedding(run, source)[0].double()
+    E_W, where = weak_embedding(run, source)
+    E_W = E_W.double()
     d_in = int(run.task().input_dim)
     if E_W.ndim != 2 or E_W.shape[0] != d_in:
         raise GrokinterpError(
@@ -397,7 +571,7 @@ def _first_layer_transfer(run: Run, source: str | None) -> Any:
     weak_signal = signal_energy(E_W) if xor else 0.0
 
     def at_step(step: int, state: dict[str, Tensor], model: Any) -> dict[str, Tensor]:
-        T = first_layer_weight(state).double()
+        T = first_layer_weight(state).cpu().double()
         U_T = orthonormal_basis(T, r=min(r, *T.shape))
         angles = torch.full((r,), float("nan"), dtype=torch.float64)
         a = principal_angles(Q_W, U_T)
@@ -412,126 +586,14 @@ def _first_layer_transfer(run: Run, source: str | None) -> Any:
             out["weak_signal_energy"] = torch.tensor(weak_signal)
         return out
 
-    return at_step
-
-
-def _freqs(mask: Tensor) -> list[int]:
-    return [int(i) + 1 for i in torch.nonzero(mask > 0.5).flatten()]
-
-
-def transfer_summary(
-    run: Run,
-    results: dict[str, Tensor],
-    level: float = 0.95,
-    n_perm: int = 10_000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Headline numbers of a ``transfer`` result (keys without the ``transfer/`` prefix).
-
-    ``t_gen`` = first checkpoint whose test accuracy is ≥ ``level`` (else the last checkpoint,
-    with ``generalized = False``); the target's key frequencies are read there and tested against
-    E_W's with :func:`overlap_test`.
-    """
-    r = {k.removeprefix("transfer/"): v for k, v in results.items()}
-    # `grokinterp analyze` passes the keys without "steps" and covers every checkpoint
-    steps = [int(s) for s in r.get("steps", run.steps)]
-    acc = {m["step"]: m["test_acc"] for m in run.metrics}
-    gen = next((s for s in steps if acc.get(s, 0.0) >= level), None)
-    i = steps.index(gen) if gen is not None else len(steps) - 1
-    info = transfer_info(run) or {}
-    out: dict[str, Any] = {
-        "kind": info.get("kind", "transfer" if run.config.model.embedding == "factorized" else "?"),
-        "first_test_95": first_step_reaching(run, "test_acc", level),
-        "analysis_step": steps[i],
-        "generalized": gen is not None,
-        "fourier": "spectrum" in r,
-        "cka_init": float(r["cka"][0]),
-        "cka": float(r["cka"][i]),
-        "subspace_energy_init": float(r["subspace_energy"][0]),
-        "subspace_energy": float(r["subspace_energy"][i]),
-        "max_angle_deg_init": math.degrees(float(torch.nan_to_num(r["principal_angles"][0]).max())),
-        "max_angle_deg": math.degrees(float(torch.nan_to_num(r["principal_angles"][i]).max())),
-    }
-    if "signal_energy" in r:
-        out["weak_signal_energy"] = float(r["weak_signal_energy"][0])
-        out["signal_energy_init"] = float(r["signal_energy"][0])
-        out["signal_energy"] = float(r["signal_energy"][i])
-    if not out["fourier"]:  # vector inputs (mlp): no Fourier spectra
+    def at_steps(batch: CheckpointBatch) -> dict[str, Tensor]:
+        T = first_layer_weight(batch.params).double().cpu()  # [C, input_dim, d_mlp]; _ON_CPU
+        out = subspace_measures(T, E_W, r, center=False)
+        if xor:
+            total = T.pow(2).sum((-2, -1))
+            share = torch.where(total > 0, T[:, :2].pow(2).sum((-2, -1)) / total, 0.0)
+            out["signal_energy"] = share.float()
+            out["weak_signal_energy"] = torch.full_like(out["cka"], weak_signal)
         return out
-    K = r["spectrum"].shape[1]
-    weak_keys, init_keys, target_keys = (
-        _freqs(r["weak_key_mask"][0]),
-        _freqs(r["key_mask"][0]),
-        _freqs(r["key_mask"][i]),
-    )
-    test = overlap_test(target_keys, weak_keys, K, n_perm=n_perm, seed=seed)
-    return out | {
-        "weak_keys": weak_keys,
-        "init_keys": init_keys,
-        "target_keys": target_keys,
-        "overlap": test["score"],
-        "overlap_baseline": test["baseline"],
-        "overlap_p_value": test["p_value"],
-        "overlap_p_exact": test["p_exact"],
-        "overlap_init": overlap_score(init_keys, weak_keys),
-        "energy_in_weak_keys_init": float(r["energy_in_weak_keys"][0]),
-        "energy_in_weak_keys": float(r["energy_in_weak_keys"][i]),
-        "energy_chance": len(weak_keys) / K,
-    }
 
-
-def transfer_table(run: Run, results: dict[str, Tensor]) -> Any:
-    """A ``rich`` table of :func:`transfer_summary` for ``grokinterp analyze RUN --only transfer``."""
-    from rich.table import Table
-
-    s = transfer_summary(run, results)
-    table = Table(title=f"transfer ({s['kind']}): {run.path}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    at = f"step {s['analysis_step']}" + ("" if s["generalized"] else " (never ≥95% test: last)")
-    name = "E_T" if s["fourier"] else "W_in"  # the target's embedding / first layer
-    rows = [("first step with test acc ≥ 95%", str(s["first_test_95"]))]
-    if not s["fourier"]:
-        rows.append(("analysed at (vector inputs: no Fourier spectra)", at))
-    if "signal_energy" in s:
-        rows += [
-            ("E_W energy on the signal coordinates x1, x2", f"{s['weak_signal_energy']:.3f}"),
-            (
-                "target W_in energy on x1, x2: init → analysed",
-                f"{s['signal_energy_init']:.3f} → {s['signal_energy']:.3f}",
-            ),
-        ]
-    if s["fourier"]:
-        rows += _fourier_rows(s, at)
-    rows += [
-        (f"linear CKA(E_W, {name}): init → analysed", f"{s['cka_init']:.3f} → {s['cka']:.3f}"),
-        (
-            f"{name} energy in span(E_W): init → analysed",
-            f"{s['subspace_energy_init']:.3f} → {s['subspace_energy']:.3f}",
-        ),
-        (
-            "largest principal angle (deg): init → analysed",
-            f"{s['max_angle_deg_init']:.1f} → {s['max_angle_deg']:.1f}",
-        ),
-    ]
-    for label, value in rows:
-        table.add_row(label, value)
-    return table
-
-
-def _fourier_rows(s: dict[str, Any], at: str) -> list[tuple[str, str]]:
-    return [
-        ("E_W key frequencies K_W", str(s["weak_keys"])),
-        ("target embedding key frequencies at step 0", str(s["init_keys"])),
-        (f"target key frequencies K_T ({at})", str(s["target_keys"])),
-        (
-            "overlap |K_T∩K_W|/|K_T| (permutation baseline; p, exact p)",
-            f"{s['overlap']:.2f} ({s['overlap_baseline']:.2f}; p={s['overlap_p_value']:.3g}, "
-            f"{s['overlap_p_exact']:.3g})",
-        ),
-        (
-            "target Fourier energy in K_W: init → analysed (chance)",
-            f"{s['energy_in_weak_keys_init']:.2f} → {s['energy_in_weak_keys']:.2f} "
-            f"({s['energy_chance']:.2f})",
-        ),
-    ]
+    return Measure(at_step=at_step, at_steps=at_steps, key=_key(E_W, where))

@@ -52,13 +52,13 @@ from typing import Any
 
 from grokinterp.analysis.phases import (
     DEFAULT_RATIO,
-    DEFAULT_THRESHOLD,
+    PHASE_THRESHOLD,
     PHASES,
     aggregate_phases,
     classify_metrics,
     validate_phase_params,
 )
-from grokinterp.config import GrokinterpError, RunConfig, apply_overrides, parse_value
+from grokinterp.config import GrokinterpError, RunConfig, apply_overrides, parse_value, validate
 from grokinterp.report.sweep import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
@@ -67,7 +67,7 @@ from grokinterp.report.sweep import (
     read_manifest,
     render_sweep_report,
 )
-from grokinterp.store import Run, atomic_write_text, is_run_dir, read_metrics
+from grokinterp.store import Run, atomic_write_text, has_resume_state, is_run_dir, read_metrics
 
 __all__ = [
     "CellSpec",
@@ -140,7 +140,18 @@ def parse_grid(spec: str | GridAxis) -> GridAxis:
         raise GrokinterpError(f"--grid {spec!r} has an empty value; give v1,v2,... after '='")
     if len(set(labels)) != len(labels):
         raise GrokinterpError(f"--grid {spec!r} repeats a value")
-    return GridAxis(key, tuple(parse_value(lab) for lab in labels), tuple(labels))
+    values = [parse_value(lab) for lab in labels]
+    # TOML dates and times have no JSON form (sweep.json): such a value stays its text
+    values = [v if _jsonable(v) else lab for v, lab in zip(values, labels, strict=True)]
+    return GridAxis(key, tuple(values), tuple(labels))
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def parse_seeds(spec: str | Sequence[int] | None) -> list[int] | None:
@@ -202,7 +213,8 @@ def expand_grid(
 ) -> list[CellSpec]:
     """The cells of the grid (Cartesian product, first axis slowest) with their runs' configs.
 
-    Every config is built and validated here, so a bad key or value fails before anything runs.
+    Every config is built and validated here, so a bad key or value fails before anything runs:
+    one :class:`GrokinterpError` names the failing cells (the first three) and how many fail.
     """
     axes = [parse_grid(a) for a in axes]
     keys = [a.key for a in axes]
@@ -216,6 +228,7 @@ def expand_grid(
     names = [s if short.count(s) == 1 else k for s, k in zip(short, keys, strict=True)]
     seed_name = "train.seed" if "seed" in names else "seed"
     cells, used = [], set()
+    errors: dict[str, str] = {}  # cell name -> its first failure (its seeds fail alike)
     for index, combo in enumerate(itertools.product(*[range(len(a.values)) for a in axes])):
         values = {a.key: a.values[i] for a, i in zip(axes, combo, strict=True)}
         labels = {a.key: a.labels[i] for a, i in zip(axes, combo, strict=True)}
@@ -231,11 +244,18 @@ def expand_grid(
             run_name = name + (f"__{seed_name}={seed}" if seed is not None else "")
             try:
                 cfg = apply_overrides(base, run_over)
+                cfg.name = run_name
+                validate(cfg)
             except GrokinterpError as e:
-                raise GrokinterpError(f"cell {name}: {e}") from None
-            cfg.name = run_name
+                errors.setdefault(name, f"cell {name}: {e}")
+                continue
             cell.runs.append(RunSpec(run_name, index, seed, run_over, cfg))
         cells.append(cell)
+    if errors:  # every cell is checked before any trains; report them all, train none
+        msgs = list(errors.values())
+        head = "" if len(msgs) == 1 else f"{len(msgs)} of {len(cells)} cells fail validation: "
+        more = f"; and {len(msgs) - 3} more" if len(msgs) > 3 else ""
+        raise GrokinterpError(head + "; ".join(msgs[:3]) + more)
     return cells
 
 
@@ -255,10 +275,11 @@ def execute_run(config: dict[str, Any], out_dir: str, threads: int = 1) -> dict[
     torch.set_num_threads(max(1, int(threads)))
     start = time.perf_counter()
     out = Path(out_dir)
-    resume = is_run_dir(out) and (out / "state" / "latest.pt").is_file()
+    resume = is_run_dir(out) and has_resume_state(out)
     overwrite = not resume and out.exists()
     try:
         cfg = RunConfig.from_dict(config)
+        cfg.train.threads = max(1, int(threads))  # training sets its own thread count
         run = train(cfg, out, resume=resume, overwrite=overwrite, progress=False)
     except Exception as e:  # noqa: BLE001 — any failure fails the cell, not the sweep
         return {
@@ -296,7 +317,7 @@ def _finished(path: Path, cfg: RunConfig) -> bool:
 
 
 def _partial(path: Path) -> bool:
-    return is_run_dir(path) and (path / "state" / "latest.pt").is_file()
+    return is_run_dir(path) and has_resume_state(path)
 
 
 # ----------------------------------------------------------------------------- executors
@@ -523,9 +544,10 @@ def _cell_dict(cell: CellSpec, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "status": _cell_status(runs),
         "phase": agg.phase,
         "fractions": agg.fractions,
+        "median_ratio": agg.median_ratio,
         "median_delay": agg.median_delay,
-        "median_t_train": agg.median_t_train,
-        "median_t_test": agg.median_t_test,
+        "median_fit_step": agg.median_fit_step,
+        "median_generalize_step": agg.median_generalize_step,
         "n_finished": agg.n_runs,
         "error": errors[0] if errors else None,
         "runs": runs,
@@ -727,7 +749,7 @@ def run_sweep(
             GPUs allow at start; with a local Ray it also sizes Ray's CPU count).
         max_retries: Ray retries of a run whose worker died (the run resumes from its checkpoint).
         threshold, ratio, sustain: the phase rule (:func:`grokinterp.analysis.phases.classify_phase`);
-            default: the manifest's values, else 0.9, 3, 1.
+            default: the manifest's values, else ``PHASE_THRESHOLD`` (0.9), 3, 1.
         progress: show the rich progress display.
         report: write ``out_dir/report.html`` at the end.
         use_ray: False runs everything in this process, one run after the other (tests).
@@ -750,7 +772,7 @@ def run_sweep(
         seed_list = parse_seeds(seeds)
         if not axes and seed_list is None:
             raise GrokinterpError("give at least one --grid key=v1,v2,... or --seeds")
-    threshold = threshold if threshold is not None else old_spec.get("threshold", DEFAULT_THRESHOLD)
+    threshold = threshold if threshold is not None else old_spec.get("threshold", PHASE_THRESHOLD)
     ratio = ratio if ratio is not None else old_spec.get("ratio", DEFAULT_RATIO)
     sustain = sustain if sustain is not None else old_spec.get("sustain", 1)
     validate_phase_params(threshold, ratio, sustain)
@@ -881,8 +903,8 @@ def run_sweep(
                         rec["status"] = "done"
                         rec.update(_phase_fields(res["metrics"], threshold, ratio, sustain))
                         line = f"[green]✓[/] {rs.name}: {rec.get('phase')}" + (
-                            f" (t_train {rec['t_train']}, t_test {rec['t_test']})"
-                            if rec.get("t_test") is not None
+                            f" (fit step {rec['fit_step']}, generalize step {rec['generalize_step']})"
+                            if rec.get("generalize_step") is not None
                             else ""
                         )
                     else:

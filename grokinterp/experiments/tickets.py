@@ -27,15 +27,17 @@ grasp      θ₀⊙m_g, GraSP scores (Wang et al. 2020)
 synflow    θ₀⊙m_f, iterative SynFlow, ``rounds`` rounds (Tanaka et al. 2020)
 =========  ==================================================================================
 
-Timing follows the paper: t_mem / t_gen = first evaluated step with train / test accuracy
-≥ 95 %, τ = t_gen / t_mem.
+Timing follows the paper (its t_mem / t_gen, τ = t_gen / t_mem) through
+:func:`grokinterp.analysis.curves.grok_times`: ``fit_step`` / ``generalize_step`` = first
+evaluated step with train / test accuracy ≥ ``DEFAULT_THRESHOLD`` (95 %), ``delay`` their
+difference, ``ratio`` = generalize_step / max(fit_step, 1).
 
 CPU-sized Minegishi setting (``CPU_OVERRIDES``): the ``minegishi2024-mlp`` preset (p = 67, 40 %
 train, d_mlp 48, sum, out-projection, no biases, AdamW lr 1e-3, betas (0.9, 0.98), wd 1, full
 batch) with d_embed = d_model = 128 instead of 500 and a 2 500-step budget. Measured on a shared
 2-core CPU with one torch thread: ~15 ms per step, 45 s for the parent run; the dense run reaches
 95 % train accuracy at step 300 and 95 % test accuracy at step 1 740 (the full-width preset:
-~32 ms per step, t_gen ≈ 2 050). ``grokinterp tickets RUN --compare`` on it (8 runs) took 5 min;
+~32 ms per step, generalize_step ≈ 2 050). ``grokinterp tickets RUN --compare`` on it (8 runs) took 5 min;
 the ticket from the final checkpoint at sparsity 0.6 reached 95 % test accuracy at step 320, the
 L2- / L1-matched dense controls at 1 530 / 1 040, and random / SNIP / GraSP / SynFlow masks did not
 within the budget.
@@ -53,6 +55,7 @@ from typing import Any
 import plotly.graph_objects as go
 from torch import Tensor
 
+from grokinterp.analysis.curves import DEFAULT_THRESHOLD, grok_times
 from grokinterp.analysis.pruning import pruning_mask
 from grokinterp.analysis.tickets import (
     apply_mask,
@@ -67,9 +70,9 @@ from grokinterp.analysis.tickets import (
 )
 from grokinterp.config import GrokinterpError, RunConfig, apply_overrides
 from grokinterp.report.figures.tickets import ticket_curves_figure
-from grokinterp.store import Run, atomic_write_text, first_step_reaching, is_run_dir, save_tensors
+from grokinterp.store import Run, atomic_write_text, is_run_dir, save_tensors
+from grokinterp.training import loss_fn as _trainer_loss
 from grokinterp.training import train
-from grokinterp.training.trainer import loss_fn as _trainer_loss
 
 KINDS = ("dense", "ticket", "dense_l2", "dense_l1", "random", "snip", "grasp", "synflow")
 
@@ -177,6 +180,7 @@ def _write_inputs(
 def retrain_ticket(
     run: Run | str | Path,
     at: int | str = "final",
+    *,
     sparsity: float = 0.6,
     out_dir: str | Path | None = None,
     kind: str = "ticket",
@@ -214,21 +218,24 @@ def retrain_ticket(
     return train(cfg, out, overwrite=overwrite, progress=progress)
 
 
-def summarize_run(run: Run, label: str, threshold: float = 0.95) -> dict[str, Any]:
-    """t_mem, t_gen (first step with train / test acc ≥ threshold), τ = t_gen/t_mem, final
-    test acc, final L1 / L2 norms (all parameters, from the last metrics row)."""
+def summarize_run(run: Run, label: str, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """One comparison row: ``fit_step``, ``generalize_step`` (first step with train / test acc
+    ≥ threshold, :func:`~grokinterp.analysis.curves.grok_times`), ``delay``, ``ratio`` (the
+    paper's τ = t_gen / t_mem), final test acc, final L1 / L2 norms (all parameters, from the
+    last metrics row)."""
     rows = run.metrics
     if not rows:
         raise GrokinterpError(f"run {run.path} has no metrics")
-    t_mem = first_step_reaching(rows, "train_acc", threshold)
-    t_gen = first_step_reaching(rows, "test_acc", threshold)
+    times = grok_times(rows, threshold)
     last = rows[-1]
     return {
         "kind": label,
         "sparsity": mask_sparsity_of(run),
-        "t_mem": t_mem,
-        "t_gen": t_gen,
-        "ratio": (t_gen / t_mem) if (t_gen is not None and t_mem) else None,
+        "fit_step": times.fit_step,
+        "generalize_step": times.generalize_step,
+        "delay": times.delay,
+        "ratio": times.ratio,
+        "threshold": times.threshold,
         "final_test_acc": last["test_acc"],
         "final_train_acc": last["train_acc"],
         "final_step": last["step"],
@@ -263,8 +270,8 @@ class TicketComparison:
         cols = [
             "kind",
             "sparsity",
-            "t_mem",
-            "t_gen",
+            "fit_step",
+            "generalize_step",
             "ratio",
             "final_test_acc",
             "final_l1",
@@ -293,6 +300,7 @@ def _fmt(v: Any) -> str:
 def compare_tickets(
     run: Run | str | Path,
     at: int | str = "final",
+    *,
     sparsity: float = 0.6,
     out_dir: str | Path | None = None,
     kinds: Sequence[str] = KINDS,
@@ -300,7 +308,7 @@ def compare_tickets(
     steps: int | None = None,
     seed: int = 0,
     rounds: int = 100,
-    threshold: float = 0.95,
+    threshold: float = DEFAULT_THRESHOLD,
     overrides: Sequence[str] = (),
     overwrite: bool = False,
     progress: bool = True,
@@ -328,16 +336,16 @@ def compare_tickets(
         child = retrain_ticket(
             run,
             step,
-            sparsity,
-            out / kind,
-            kind,
-            scope,
-            steps,
-            seed,
-            rounds,
-            overrides,
-            overwrite,
-            progress,
+            sparsity=sparsity,
+            out_dir=out / kind,
+            kind=kind,
+            scope=scope,
+            steps=steps,
+            seed=seed,
+            rounds=rounds,
+            overrides=overrides,
+            overwrite=overwrite,
+            progress=progress,
         )
         runs[kind] = child
         rows.append(summarize_run(child, kind, threshold))

@@ -36,7 +36,8 @@ grokfast    scratch + Grokfast-EMA (Lee et al. 2024; α = 0.98, λ = 2, the pape
 ==========  ======================================================================================
 
 The time gap is the paper's: first step at ≥ 95 % test accuracy minus first step at ≥ 95 % train
-accuracy. Wall-clock seconds are the trainer's ``wall_time`` (training steps only): for transfer
+accuracy — ``generalize_step - fit_step`` = ``delay`` of
+:func:`grokinterp.analysis.curves.grok_times` at ``DEFAULT_THRESHOLD``. Wall-clock seconds are the trainer's ``wall_time`` (training steps only): for transfer
 and random_a, the weak run's time up to the step E_W was taken plus the target's.
 
 **CPU size.** The presets follow the paper (p = 113, 25 % train). ``CPU_WEAK_OVERRIDES`` and
@@ -56,6 +57,7 @@ from typing import Any
 
 import torch
 
+from grokinterp.analysis.curves import DEFAULT_THRESHOLD, grok_times
 from grokinterp.analysis.transfer import NOTES_PREFIX
 from grokinterp.config import (
     GrokinterpError,
@@ -68,7 +70,6 @@ from grokinterp.models import first_layer_weight
 from grokinterp.store import (
     Run,
     atomic_write_text,
-    first_step_reaching,
     is_run_dir,
     load_tensors,
     save_tensors,
@@ -339,6 +340,7 @@ def _prepare(
 def transfer(
     weak: str | Path | Run | RunConfig,
     target_preset: str | Path | RunConfig,
+    *,
     weak_at: int | str | None = None,
     out_dir: str | Path = "checkpoints/groktransfer",
     merge_at: int | None = None,
@@ -384,23 +386,27 @@ def _wall_at(run: Run, step: int | None) -> float | None:
     return next((m.get("wall_time") for m in run.metrics if m["step"] == step), None)
 
 
-def summarize_run(run: Run, kind: str, level: float = 0.95, weak_wall: float = 0.0) -> dict:
-    """One comparison row: steps to ``level`` train/test accuracy, the gap, wall-clock seconds."""
-    t_train = first_step_reaching(run, "train_acc", level)
-    t_test = first_step_reaching(run, "test_acc", level)
+def summarize_run(
+    run: Run, kind: str, threshold: float = DEFAULT_THRESHOLD, weak_wall: float = 0.0
+) -> dict:
+    """One comparison row: ``fit_step`` / ``generalize_step`` (first steps at ``threshold``
+    train / test accuracy, :func:`~grokinterp.analysis.curves.grok_times`), the ``delay``
+    between them (the paper's time gap), ``ratio``, wall-clock seconds."""
+    times = grok_times(run.metrics, threshold)
     last = run.metrics[-1]
-    w_test = _wall_at(run, t_test)
+    w_gen = _wall_at(run, times.generalize_step)
     return {
         "kind": kind,
         "run": str(run.path),
-        "steps_train": t_train,
-        "steps_test": t_test,
-        "gap": None if t_train is None or t_test is None else t_test - t_train,
+        "fit_step": times.fit_step,
+        "generalize_step": times.generalize_step,
+        "delay": times.delay,
+        "ratio": times.ratio,
         "final_step": last["step"],
         "final_train_acc": last["train_acc"],
         "final_test_acc": last["test_acc"],
         "weak_wall_s": weak_wall,
-        "wall_to_test_s": None if w_test is None else weak_wall + w_test,
+        "wall_to_generalize_s": None if w_gen is None else weak_wall + w_gen,
         "wall_total_s": weak_wall + float(last.get("wall_time") or 0.0),
     }
 
@@ -414,7 +420,7 @@ class TransferComparison:
     weak_run: str
     weak_step: int
     weak_test_acc: float | None
-    level: float = 0.95
+    threshold: float = DEFAULT_THRESHOLD
     runs: dict[str, Run] = field(default_factory=dict, repr=False)
 
     def row(self, kind: str) -> dict[str, Any]:
@@ -425,7 +431,7 @@ class TransferComparison:
             "weak_run": self.weak_run,
             "weak_step": self.weak_step,
             "weak_test_acc": self.weak_test_acc,
-            "level": self.level,
+            "threshold": self.threshold,
             "rows": self.rows,
         }
 
@@ -433,6 +439,7 @@ class TransferComparison:
 def compare_transfer(
     weak: str | Path | Run | RunConfig,
     target_preset: str | Path | RunConfig,
+    *,
     weak_at: int | str | None = None,
     out_dir: str | Path = "checkpoints/groktransfer",
     steps: int | None = None,
@@ -441,7 +448,7 @@ def compare_transfer(
     kinds: Sequence[str] | None = None,
     target_overrides: Sequence[str] = (),
     weak_overrides: Sequence[str] = (),
-    level: float = 0.95,
+    threshold: float = DEFAULT_THRESHOLD,
     overwrite: bool = False,
     progress: bool = False,
 ) -> TransferComparison:
@@ -475,10 +482,10 @@ def compare_transfer(
         weak_wall = (
             float(record.get("weak_wall_s") or 0.0) if kind in ("transfer", "random_a") else 0.0
         )
-        rows.append(summarize_run(run, kind, level, weak_wall))
+        rows.append(summarize_run(run, kind, threshold, weak_wall))
         runs[kind] = run
     acc = next((m["test_acc"] for m in wr.metrics if m["step"] == step), None)
-    result = TransferComparison(rows, out, str(wr.path), step, acc, level, runs)
+    result = TransferComparison(rows, out, str(wr.path), step, acc, threshold, runs)
     atomic_write_text(out / "compare.json", json.dumps(result.to_dict(), indent=2))
     return result
 
@@ -488,7 +495,7 @@ def compare_grokfast(
     out_dir: str | Path = "checkpoints/grokfast",
     overrides: Sequence[str] = (),
     grokfast: Mapping[str, Any] | None = None,
-    level: float = 0.95,
+    threshold: float = DEFAULT_THRESHOLD,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Grokfast (Lee et al. 2024) vs its baseline: the same config trained with and without the
@@ -503,7 +510,7 @@ def compare_grokfast(
         c.name = f"{cfg.name}-{kind}"
         c = RunConfig.from_dict(c.to_dict())
         run = _train_or_reuse(c, Path(out_dir) / kind, False, progress)
-        rows.append(summarize_run(run, kind, level))
+        rows.append(summarize_run(run, kind, threshold))
     atomic_write_text(Path(out_dir) / "compare.json", json.dumps(rows, indent=2))
     return rows
 

@@ -1,19 +1,21 @@
-"""Headline numbers of a run (``summary.json``): when it memorised, when it generalised.
+"""Headline numbers of a run (``summary.json``): when it fit its training set, when it
+generalised.
 
 Following Power et al. 2022 ("Grokking: generalization beyond overfitting on small algorithmic
-datasets") and Nanda et al. 2023 ("Progress measures for grokking via mechanistic
-interpretability"), grokking is the gap between the step at which the *training* accuracy
-saturates (memorisation) and the step at which the *test* accuracy does (generalisation).
+datasets"), grokking is the gap between the step at which the *training* accuracy saturates and
+the step at which the *test* accuracy does. Both come from
+:func:`grokinterp.analysis.curves.grok_times`, the one definition of "it grokked" in grokinterp,
+on the evaluated steps of ``metrics.jsonl``:
 
-Definitions used here (all on the evaluated steps of ``metrics.jsonl``):
+- ``fit_step``: first evaluated step with train accuracy ≥ ``threshold``;
+- ``generalize_step``: first evaluated step with test accuracy ≥ ``threshold``;
+- ``delay``: ``generalize_step - fit_step`` in steps, and ``ratio``:
+  ``generalize_step / max(fit_step, 1)`` (both None when either step is missing).
 
-- ``step_memorization``: first evaluated step with train accuracy ≥ ``threshold``;
-- ``step_generalization``: first evaluated step with test accuracy ≥ ``threshold``;
-- ``delay_ratio``: ``step_generalization / step_memorization`` (None when either is missing
-  or memorisation happens at step 0).
-
-The default ``threshold`` is 0.99 (99 %), as in the grokking literature's "near-perfect"
-accuracy; it is a parameter everywhere (``grokinterp report --threshold``).
+The default ``threshold`` is :data:`grokinterp.analysis.curves.DEFAULT_THRESHOLD` (95 %, the
+convention of the papers that define a grokking time); it is a parameter everywhere
+(``grokinterp report --threshold``). Summaries of version 1 (before grokinterp used one
+definition) named these ``step_memorization``, ``step_generalization`` and ``delay_ratio`` at 99 %.
 """
 
 from __future__ import annotations
@@ -25,18 +27,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from grokinterp.analysis.curves import DEFAULT_THRESHOLD, check_level, grok_times
 from grokinterp.config import GrokinterpError
-from grokinterp.store import Run, atomic_write_text, first_step_reaching
+from grokinterp.store import Run, atomic_write_text
 
-DEFAULT_THRESHOLD = 0.99
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 
 
 def check_threshold(threshold: float) -> float:
     """Validate an accuracy threshold (a fraction in (0, 1])."""
-    if not isinstance(threshold, int | float) or not 0 < float(threshold) <= 1:
-        raise GrokinterpError(f"threshold={threshold!r} is not valid; allowed: a number in (0, 1]")
-    return float(threshold)
+    return check_level(threshold, "threshold")
 
 
 def _clean(v: Any) -> Any:
@@ -51,9 +51,7 @@ def run_summary(run: Run, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any
     threshold = check_threshold(threshold)
     rows = run.metrics
     last = rows[-1] if rows else {}
-    t_mem = first_step_reaching(rows, "train_acc", threshold)
-    t_gen = first_step_reaching(rows, "test_acc", threshold)
-    ratio = t_gen / t_mem if t_mem and t_gen is not None else None
+    times = grok_times(rows, threshold)
     cfg = run.config
     info = run.info
     return {
@@ -70,9 +68,10 @@ def run_summary(run: Run, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any
         "n_checkpoints": len(run.steps),
         "last_step": last.get("step"),
         "threshold": threshold,
-        "step_memorization": t_mem,
-        "step_generalization": t_gen,
-        "delay_ratio": _clean(round(ratio, 3)) if ratio is not None else None,
+        "fit_step": times.fit_step,
+        "generalize_step": times.generalize_step,
+        "delay": times.delay,
+        "ratio": round(times.ratio, 3) if times.ratio is not None else None,
         "final_train_acc": _clean(last.get("train_acc")),
         "final_test_acc": _clean(last.get("test_acc")),
         "final_train_loss": _clean(last.get("train_loss")),
@@ -99,7 +98,7 @@ def report_summary(
     }
     if sections is not None:
         out["sections"] = sections
-    if len(runs) == 1:  # a single run's numbers also at top level, for `jq .step_generalization`
+    if len(runs) == 1:  # a single run's numbers also at top level, for `jq .generalize_step`
         out.update({k: v for k, v in out["runs"][0].items() if k != "summary_version"})
     return out
 

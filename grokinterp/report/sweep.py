@@ -2,7 +2,8 @@
 
 ``render_sweep_report(sweep_dir, out_html)`` writes a self-contained page (plotly.js embedded,
 no network needed): the phase diagram over the first two grid axes (one panel per value of
-any further axis), the delay heatmap, the accuracy curves of every cell and the table.
+any further axis), the heatmap of the ratio generalize_step / fit_step, the accuracy curves of
+every cell and the table.
 ``grokinterp report SWEEP_DIR`` calls it when the folder holds ``sweep.json``.
 
 The manifest is written by :mod:`grokinterp.experiments.sweep`; its layout::
@@ -12,9 +13,13 @@ The manifest is written by :mod:`grokinterp.experiments.sweep`; its layout::
               "threshold", "ratio", "sustain"},
      "counts": {"pending", "running", "done", "failed"},
      "cells": [{"index", "name", "values", "labels", "overrides", "status", "phase",
-                "fractions", "median_delay", "error",
-                "runs": [{"name", "seed", "overrides", "status", "error", "phase",
-                          "t_train", "t_test", "delay", "final_test_acc", ...}]}]}
+                "fractions", "median_ratio", "median_delay", "median_fit_step",
+                "median_generalize_step", "error",
+                "runs": [{"name", "seed", "overrides", "status", "error", "phase", "fit_step",
+                          "generalize_step", "delay", "ratio", "final_test_acc", ...}]}]}
+
+Version 1 manifests named the run times ``t_train`` / ``t_test`` and their ratio ``delay``; they
+are still read (:meth:`grokinterp.analysis.phases.RunPhase.from_dict`).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ __all__ = ["MANIFEST_NAME", "is_sweep_dir", "read_manifest", "render_sweep_repor
 
 MANIFEST_NAME = "sweep.json"
 MANIFEST_FORMAT = "grokinterp-sweep"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: fit_step / generalize_step / delay (steps) / ratio per run
 MAX_FACETS = 12  # diagrams for the values of the axes beyond the first two
 MAX_CURVE_PANELS = 48
 
@@ -183,10 +188,10 @@ def render_sweep_report(
     )
     parts.append(
         '<p class="note">Phases (Liu et al. 2022, "Towards Understanding Grokking"): with '
-        f"t_train, t_test the first steps at which train / test accuracy reach {thr}, "
-        f"<b>comprehension</b> if t_test &lt; {ratio}·t_train, <b>grokking</b> if t_test ≥ "
-        f"{ratio}·t_train, <b>memorization</b> if only train accuracy reaches it within the "
-        "budget, <b>confusion</b> if neither does. Multi-seed squares show the majority phase; "
+        "fit step, generalize step the first steps at which train / test accuracy reach "
+        f"{thr}, <b>comprehension</b> if generalize step &lt; {ratio}·fit step, <b>grokking</b> "
+        f"if generalize step ≥ {ratio}·fit step, <b>memorization</b> if only train accuracy "
+        "reaches it within the budget, <b>confusion</b> if neither does. Multi-seed squares show the majority phase; "
         "hover for the fraction of seeds in each phase.</p>"
     )
     if cells and axes:
@@ -205,7 +210,7 @@ def render_sweep_report(
                     )
                 )
             )
-        parts.append("<h2>Delay</h2>")
+        parts.append("<h2>Delay: generalize step / fit step</h2>")
         for where in _facets(cells, axes, len(plot_axes)):
             suffix = ", ".join(f"{k}={v}" for k, v in where.items())
             parts.append(
@@ -215,7 +220,8 @@ def render_sweep_report(
                         x,
                         y,
                         where or None,
-                        title="median t_test / t_train" + (f" ({suffix})" if suffix else ""),
+                        title="median generalize step / fit step"
+                        + (f" ({suffix})" if suffix else ""),
                     )
                 )
             )

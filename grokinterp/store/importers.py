@@ -43,7 +43,8 @@ from torch import Tensor
 
 from grokinterp.config import GrokinterpError, ModelConfig, RunConfig, TaskConfig, TrainConfig
 from grokinterp.models import build_model
-from grokinterp.store import Run, atomic_write_text, is_run_dir, save_tensors
+from grokinterp.store import Run, atomic_write_text, is_run_dir, save_tensors, torch_load
+from grokinterp.store.lock import RunLock, clear_run_dir, is_vacant_dir
 from grokinterp.tasks import make_task, split_hash
 
 __all__ = ["IMPORT_KINDS", "PickledObject", "import_run", "load_pickle"]
@@ -127,7 +128,7 @@ def load_pickle(path: str | Path, trust_pickle: bool = False) -> Any:
     safe = [(_TLConfigStandIn, name) for name in _TL_CONFIG_NAMES]
     try:
         with torch.serialization.safe_globals(safe):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch_load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not trust_pickle:
             why = str(e).splitlines()[0][:200]
@@ -137,13 +138,20 @@ def load_pickle(path: str | Path, trust_pickle: bool = False) -> Any:
                 "(trust_pickle=True) only if you trust where the file came from"
             ) from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise GrokinterpError(f"{path} is not a readable torch file ({e})") from None
+        raise GrokinterpError(f"{path} is not a readable torch file ({_squash(e)})") from None
     try:
-        return torch.load(
+        return torch_load(
             path, map_location="cpu", weights_only=False, pickle_module=_lenient_pickle
         )
     except Exception as e:  # noqa: BLE001 - any failure of foreign code is a bad input file
-        raise GrokinterpError(f"{path} could not be unpickled ({type(e).__name__}: {e})") from None
+        raise GrokinterpError(
+            f"{path} could not be unpickled ({type(e).__name__}: {_squash(e)})"
+        ) from None
+
+
+def _squash(e: BaseException) -> str:
+    """An exception's message on one line (at most 300 characters)."""
+    return " ".join(str(e).split())[:300] or type(e).__name__
 
 
 def _as_mapping(obj: Any) -> dict[str, Any]:
@@ -305,14 +313,28 @@ def _write_run(
     source: dict[str, Any],
     overwrite: bool,
 ) -> Run:
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not is_run_dir(out_dir) or not overwrite:
-            raise GrokinterpError(
-                f"{out_dir} is not empty; choose a new --out directory (or overwrite=True for a run)"
-            )
-        Run.open(out_dir).delete()
     task = make_task(config.task.name, **config.task.params)
     model = build_model(config.model, task)
+    with RunLock(out_dir):  # one writer per run folder
+        if not is_vacant_dir(out_dir):
+            if not is_run_dir(out_dir) or not overwrite:
+                raise GrokinterpError(
+                    f"{out_dir} is not empty; choose a new --out directory (or overwrite=True "
+                    "for a run)"
+                )
+            clear_run_dir(out_dir)
+        return _write_run_locked(out_dir, config, task, model, checkpoints, curves, source)
+
+
+def _write_run_locked(
+    out_dir: Path,
+    config: RunConfig,
+    task: Any,
+    model: torch.nn.Module,
+    checkpoints: Iterable[tuple[int, dict[str, Tensor]]],
+    curves: dict[str, list[float] | None],
+    source: dict[str, Any],
+) -> Run:
     run = Run.create(out_dir, config, {"split_hash": split_hash(task), "imported": source})
     rows: dict[int, dict[str, Any]] = {}
     last = 0
@@ -321,7 +343,7 @@ def _write_run(
             model.load_state_dict(state)
         except RuntimeError as e:
             raise GrokinterpError(
-                f"converted weights of step {step} do not fit the model: {e}"
+                f"converted weights of step {step} do not fit the model: {_squash(e)}"
             ) from None
         model.eval()
         train_loss, train_acc = _evaluate(model, task.x_train, task.y_train)

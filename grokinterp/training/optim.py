@@ -13,24 +13,57 @@ import torch
 from torch import nn
 
 from grokinterp.config import GrokinterpError, TrainConfig
+from grokinterp.training.numerics import seed_norms
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: list[torch.Tensor], cfg: TrainConfig, fused_on: torch.device | None = None
+) -> torch.optim.Optimizer:
     """AdamW / Adam / SGD with the config's learning rate and weight decay.
 
-    ``foreach`` implementations keep the step to a handful of kernels (DESIGN issue 9).
+    ``foreach`` implementations keep the step to a handful of kernels (DESIGN issue 9). With
+    ``fused_on`` (the fast engine) AdamW / Adam are fused into one kernel, ``capturable`` on
+    CUDA so that a CUDA graph can hold the step; SGD stays ``foreach``. Same hyper-parameters,
+    the same update up to float rounding.
     """
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(
-            params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, foreach=True
+    if cfg.optimizer in ("adamw", "adam"):
+        kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        impl = (
+            {"foreach": True}
+            if fused_on is None
+            else {"fused": True, "capturable": fused_on.type == "cuda"}
         )
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(
-            params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, foreach=True
+        return kind(
+            params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **impl
         )
     return torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True
     )
+
+
+def portable_optimizer_state(opt_state: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """``opt_state`` (of a fused / capturable optimizer) in the format the ``foreach`` optimizer
+    saves, so a resume state is the same whichever engine wrote it."""
+    probe = make_optimizer([torch.zeros(1)], cfg).param_groups[0]
+    flags = {k: probe[k] for k in ("foreach", "fused", "capturable") if k in probe}
+    groups = [
+        {**g, **{k: v for k, v in flags.items() if k in g}} for g in opt_state["param_groups"]
+    ]
+    return {"state": opt_state["state"], "param_groups": groups}
+
+
+def adopt_fused_state(opt: torch.optim.Optimizer, device: torch.device) -> None:
+    """After ``load_state_dict`` of a portable state into a fused optimizer: restore the fused /
+    capturable flags and keep Adam's step counters on the parameters' device, as the fused
+    kernel needs."""
+    cuda = device.type == "cuda"
+    for g in opt.param_groups:
+        if "capturable" in g:  # Adam / AdamW
+            g.update(foreach=None, fused=True, capturable=cuda)
+            for p in g["params"]:
+                st = opt.state.get(p, {})
+                if isinstance(st.get("step"), torch.Tensor):
+                    st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
@@ -119,56 +152,81 @@ def make_gradient_filter(spec: dict[str, Any]) -> GrokfastEMA | GrokfastMA | Non
         raise GrokinterpError(f"train.grokfast: {e}") from None
 
 
+def seed_view(p: torch.Tensor, stacked: bool) -> torch.Tensor:
+    """``p`` as ``[S, ...]``: itself when its leading dimension is the seed, else a view with
+    ``S = 1`` (in-place changes of the view change ``p``)."""
+    return p if stacked else p.unsqueeze(0)
+
+
 def global_norm(params: list[torch.Tensor], p: float = 2.0) -> torch.Tensor:
-    """‖θ‖_p over all parameters together."""
-    return torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(t.detach(), p) for t in params]), p
-    )
+    """‖θ‖_p over all parameters together (p = 1 or 2), the same on every thread count."""
+    l2, l1 = seed_norms(t.unsqueeze(0) for t in params)
+    return (l2 if p == 2 else l1)[0]
 
 
 class NormConstraint:
-    """Omnigrok (Liu, Michaud, Tegmark 2023): after every step rescale all parameters so the
-    global L2 norm stays at its value at initialisation."""
+    """Omnigrok (Liu, Michaud, Tegmark 2023): after every step rescale each seed's parameters
+    so that its global L2 norm stays at ``target`` (default: its value now, at initialisation).
 
-    def __init__(self, params: list[nn.Parameter], target: float | None = None):
-        self.target = float(global_norm(params)) if target is None else float(target)
+    ``stacked``: the parameters carry a leading seed dimension (one target per seed); otherwise
+    they are one run's. ``target`` is a float64 tensor ``[S]`` on the parameters' device.
+    """
+
+    def __init__(
+        self, params: list[torch.Tensor], target: float | None = None, stacked: bool = False
+    ):
+        self.stacked = stacked
+        self.target = self.norms(params)
+        if target is not None:
+            self.target = torch.full_like(self.target, float(target))
+
+    def norms(self, params: list[torch.Tensor]) -> torch.Tensor:
+        return seed_norms(seed_view(p, self.stacked) for p in params)[0].double()
 
     @torch.no_grad()
-    def __call__(self, params: list[nn.Parameter]) -> None:
-        torch._foreach_mul_(params, self.target / float(global_norm(params)))
+    def __call__(self, params: list[torch.Tensor]) -> None:
+        scale = self.target / self.norms(params)  # in float64, then in the parameters' dtype
+        for p in params:
+            v = seed_view(p, self.stacked)
+            v.mul_(scale.to(p.dtype).view(-1, *([1] * (v.ndim - 1))))
 
 
 class FixedMask:
     """Holds pruned weights at exactly zero (Minegishi et al.: masks applied in the forward pass).
 
-    Gradients of pruned entries are zeroed before the update (so Adam moments and any gradient
-    filter never see them) and weights re-multiplied after it (weight decay cannot revive them).
+    ``masks`` (True = kept) are by parameter name and shaped like one seed's parameter; they
+    broadcast over a leading seed dimension (``stacked``). Gradients of pruned entries are
+    zeroed before the update (so Adam moments and any gradient filter never see them) and
+    weights re-multiplied after it (weight decay cannot revive them).
     """
 
-    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor]):
-        named = dict(model.named_parameters())
-        unknown = sorted(set(masks) - set(named))
+    def __init__(
+        self, masks: dict[str, torch.Tensor], params: dict[str, torch.Tensor], stacked: bool
+    ):
+        unknown = sorted(set(masks) - set(params))
         if unknown:
             raise GrokinterpError(
                 f"mask names parameters the model does not have: {', '.join(unknown)}"
             )
-        self.pairs = []
+        self.masks = {}
         for name, m in masks.items():
-            if m.shape != named[name].shape:
+            p = params[name]
+            shape = p.shape[1:] if stacked else p.shape
+            if m.shape != shape:
                 raise GrokinterpError(
-                    f"mask {name} has shape {tuple(m.shape)}, parameter has {tuple(named[name].shape)}"
+                    f"mask {name} has shape {tuple(m.shape)}, parameter has {tuple(shape)}"
                 )
-            self.pairs.append(
-                (named[name], m.to(device=named[name].device, dtype=named[name].dtype))
-            )
+            self.masks[name] = m.to(device=p.device, dtype=p.dtype)
 
     @torch.no_grad()
-    def apply_to_grads(self) -> None:
-        for p, m in self.pairs:
-            if p.grad is not None:
+    def apply_to_grads(self, params: dict[str, torch.Tensor]) -> None:
+        for name, m in self.masks.items():
+            p = params.get(name)  # (a factorized embedding's mask is gone after a merge)
+            if p is not None and p.grad is not None:
                 p.grad.mul_(m)
 
     @torch.no_grad()
-    def apply_to_weights(self) -> None:
-        for p, m in self.pairs:
-            p.mul_(m)
+    def apply_to_weights(self, params: dict[str, torch.Tensor]) -> None:
+        for name, m in self.masks.items():
+            if name in params:
+                params[name].mul_(m)

@@ -17,12 +17,13 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from grokinterp.analysis.dynamics import transition_step
+from grokinterp.analysis.curves import transition_step
 from grokinterp.config import GrokinterpError
 
 __all__ = [
     "complexity_figure",
     "dynamics_figure",
+    "hook_name",
     "norms_figure",
     "rank_figure",
     "robustness_figure",
@@ -30,6 +31,26 @@ __all__ = [
 
 SET_COLORS = {"train": "#1f77b4", "test": "#d62728", "random": "#7f7f7f"}
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def hook_name(layer: str) -> str:
+    """The TransformerLens hook name of a layer key of the ``rank`` analysis, for display.
+
+    ``pre:<module>`` is the input of an activation module: for ``blocks.{i}.mlp.act`` that is
+    ``blocks.{i}.mlp.hook_pre`` (a second call of a shared module keeps its ``#k`` suffix);
+    ``resid:blocks.{i}`` is ``blocks.{i}.hook_resid_post``. Other keys are returned unchanged.
+    """
+    kind, sep, path = layer.partition(":")
+    if not sep:
+        return layer
+    path, hash_, call = path.partition("#")
+    suffix = hash_ + call
+    if kind == "pre":
+        parent, _, last = path.rpartition(".")
+        return (f"{parent}.hook_pre" if parent and last == "act" else f"{path} (input)") + suffix
+    if kind == "resid":
+        return f"{path}.hook_resid_post{suffix}"
+    return layer
 
 
 def _arr(x: Any) -> np.ndarray:
@@ -127,7 +148,8 @@ def rank_figure(
     title: str | None = "Feature rank per layer (Fan et al. 2024)",
 ) -> go.Figure:
     """Per-layer feature rank over training: ``kind`` = ``"effective"``, ``"numerical"`` or
-    ``"both"`` (two panels), below the accuracy curves."""
+    ``"both"`` (two panels), below the accuracy curves. Layers are named by their
+    TransformerLens hook (:func:`hook_name`); ``layers`` selects some, by either name."""
     if kind not in ("effective", "numerical", "both"):
         raise GrokinterpError(f"kind must be 'effective', 'numerical' or 'both', got {kind!r}")
     kinds = ["numerical", "effective"] if kind == "both" else [kind]
@@ -135,9 +157,10 @@ def rank_figure(
     fig = _base(metrics, len(kinds), [f"{k} rank" for k in kinds], log_x, title)
     for row, k in enumerate(kinds, start=2):
         keys = _need(results, f"rank/{k}/")
-        names = [key.split("/", 2)[2] for key in keys]
-        for j, (key, name) in enumerate(zip(keys, names, strict=True)):
-            if layers is not None and name not in layers:
+        for j, key in enumerate(keys):
+            layer = key.split("/", 2)[2]
+            name = hook_name(layer)
+            if layers is not None and layer not in layers and name not in layers:
                 continue
             fig.add_trace(
                 go.Scatter(
@@ -240,7 +263,8 @@ def norms_figure(
     fig.add_trace(
         go.Scatter(
             x=steps,
-            y=_arr(results[f"norms/k/{layer}"]),
+            # k = -1 means "at chance, undefined": a gap, not a point at -1
+            y=[None if v < 0 else v for v in _arr(results[f"norms/k/{layer}"])],
             name="k at each step",
             mode="lines+markers",
             marker={"size": 4},
@@ -328,7 +352,8 @@ def dynamics_figure(
         if p == "rank":
             keys = [k for k in results if k.startswith("rank/effective/")]
             for j, k in enumerate(keys):
-                traces.append((k.split("/", 2)[2], _arr(results[k]), PALETTE[j % len(PALETTE)]))
+                name = hook_name(k.split("/", 2)[2])
+                traces.append((name, _arr(results[k]), PALETTE[j % len(PALETTE)]))
         elif p == "complexity":
             for s, c in SET_COLORS.items():
                 if f"complexity/{s}/mean" in results:

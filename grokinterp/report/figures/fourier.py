@@ -1,7 +1,8 @@
 """Figures of the Fourier progress measures (Nanda, Chan, Lieberum, Smith, Steinhardt 2023,
 "Progress measures for grokking via mechanistic interpretability"): the embedding / W_L spectrum
 over training, restricted / excluded / train / test loss on one log chart with the grokking
-window shaded, the per-neuron frequency map, and the Gini coefficients over training.
+window shaded, the per-neuron frequency map, and the Gini coefficients over training (of one run,
+or of several runs on shared axes).
 
 Inputs are the flat dict returned by ``over_training(run, ["fourier"])`` (keys ``"steps"`` and
 ``"fourier/<key>"``) or plain arrays; every function returns a ``plotly.graph_objects.Figure``.
@@ -16,14 +17,17 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from grokinterp.analysis.fourier_training import grokking_window
+from grokinterp.analysis.curves import DEFAULT_THRESHOLD, grok_times
 from grokinterp.config import GrokinterpError
 from grokinterp.report.figures._results import as_array, result, result_steps
+from grokinterp.report.figures.training import COLORS, checkpoint_slider_figure
 
 __all__ = [
+    "embedding_norms_slider",
     "fourier_gini_figure",
     "fourier_loss_figure",
     "fourier_spectrum_figure",
+    "gini_comparison_figure",
     "neuron_fraction_heatmap",
     "neuron_frequency_figure",
 ]
@@ -55,7 +59,9 @@ def fourier_spectrum_figure(
     log_color: bool = True,
     title: str | None = None,
 ) -> go.Figure:
-    """Heatmap of a Fourier spectrum over training: frequency (y) x step (x).
+    """Heatmap of a Fourier spectrum over training: frequency (y) x step (x). The step axis spans
+    exactly the analysed checkpoints, first to last (the heatmap's edge cells are not drawn past
+    them).
 
     Args:
         results: ``over_training`` output.
@@ -90,6 +96,7 @@ def fourier_spectrum_figure(
                 x=np.full(len(key), steps[-1]),
                 y=key,
                 mode="markers",
+                cliponaxis=False,  # drawn on the axis's right edge, the last checkpoint
                 marker={"symbol": "triangle-left", "size": 10, "color": "#d62728"},
                 name="key frequencies",
                 hovertemplate="key frequency %{y}<extra></extra>",
@@ -97,18 +104,64 @@ def fourier_spectrum_figure(
         )
     fig.update_layout(
         title=title or f"Fourier spectrum of the {names[which]} over training",
-        xaxis_title="step",
+        xaxis={"title": "step", "range": [float(steps[0]), float(steps[-1])]},
         yaxis_title="frequency k",
         legend={"orientation": "h", "y": -0.2},
     )
     return fig
 
 
-def _window(metrics: Sequence[Mapping[str, Any]] | None, window: tuple | None) -> tuple | None:
+def embedding_norms_slider(results: Mapping[str, Any], title: str | None = None) -> go.Figure:
+    """The Fourier norms of the embedding ``W_E`` per frequency, one checkpoint at a time (a
+    slider picks the checkpoint; the last one is shown first)."""
+    return checkpoint_slider_figure(
+        _steps(results).astype(int).tolist(),
+        _get(results, "embed_norms"),
+        title=title or "Fourier norms of the embedding W_E",
+        xtitle="frequency k",
+        ytitle="‖projection of W_E on cos/sin k‖",
+    )
+
+
+def gini_comparison_figure(
+    results_by_run: Mapping[str, Mapping[str, Any]], title: str | None = None
+) -> go.Figure:
+    """Several runs on shared axes: the Gini coefficient of the Fourier spectra of ``W_E``
+    (solid) and ``W_L`` (dotted) over training, one colour per run (``{label: results}``, each
+    an ``over_training`` output; their step grids may differ)."""
+    if not results_by_run:
+        raise GrokinterpError("results_by_run must name at least one run")
+    fig = go.Figure()
+    for i, (label, res) in enumerate(results_by_run.items()):
+        steps = _steps(res)
+        for key, name, dash in (("embed_gini", "W_E", "solid"), ("wl_gini", "W_L", "dot")):
+            fig.add_trace(
+                go.Scatter(
+                    x=steps,
+                    y=_get(res, key),
+                    name=f"{label} · {name}",
+                    line={"color": COLORS[i % len(COLORS)], "dash": dash},
+                )
+            )
+    fig.update_layout(
+        title=title or "Gini coefficient of the Fourier spectra (W_E solid, W_L dotted)",
+        xaxis={"title": "step", "type": "log"},
+        yaxis={"title": "Gini", "range": [0, 1]},
+        template="plotly_white",
+        height=400,
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
+
+
+def _window(
+    metrics: Sequence[Mapping[str, Any]] | None, window: tuple | None, threshold: float
+) -> tuple | None:
     if window is not None:
         return window
     if metrics:
-        t_mem, t_gen = grokking_window(list(metrics))
+        times = grok_times(list(metrics), threshold)
+        t_mem, t_gen = times.fit_step, times.generalize_step
         if t_mem is not None and t_gen is not None and t_gen > t_mem:
             return (t_mem, t_gen)
     return None
@@ -119,15 +172,17 @@ def fourier_loss_figure(
     metrics: Sequence[Mapping[str, Any]] | None = None,
     window: tuple[float, float] | None = None,
     title: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> go.Figure:
     """Train, test, restricted and excluded loss on one log-scale chart (Nanda et al. 2023,
     Fig. 7), with the grokking window shaded.
 
     Args:
         results: ``over_training`` output (restricted/excluded loss exist for add/sub/mul/div).
-        metrics: the run's metrics; the window is then [first step train acc >= 95 %, first step
-            test acc >= 95 %].
+        metrics: the run's metrics; the window is then ``[fit_step, generalize_step]`` of
+            :func:`~grokinterp.analysis.curves.grok_times` at ``threshold``.
         window: explicit ``(start, end)`` steps to shade instead.
+        threshold: the accuracy defining the window (default 95 %).
     """
     steps = _steps(results)
     fig = go.Figure()
@@ -138,7 +193,7 @@ def fourier_loss_figure(
         fig.add_trace(
             go.Scatter(x=steps, y=y, name=label, mode="lines", line={"color": color, "dash": dash})
         )
-    w = _window(metrics, window)
+    w = _window(metrics, window, threshold)
     if w is not None:
         fig.add_vrect(
             x0=w[0],

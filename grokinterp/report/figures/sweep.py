@@ -8,8 +8,9 @@ Inputs are the ``cells`` of a sweep manifest (``sweep.json``): a list of dicts w
 
 - ``values``: ``{grid key: value}`` (e.g. ``{"train.weight_decay": 0.3}``),
 - ``labels``: ``{grid key: text}`` (optional; ``str(value)`` otherwise),
-- ``runs``: a list of per-seed dicts with ``phase`` (None while not finished), ``delay``,
-  ``t_train``, ``t_test``, ``final_test_acc``, ``status`` and ``error``.
+- ``runs``: a list of per-seed dicts with ``phase`` (None while not finished), ``fit_step``,
+  ``generalize_step``, ``delay``, ``ratio``, ``final_test_acc``, ``status`` and ``error`` (or the
+  ``t_train``, ``t_test``, ``delay`` = ratio of version-1 manifests).
 
 When the grid has more axes than the two plotted, fix the others with ``where`` or the runs of
 every cell that falls on the same (x, y) square are pooled (fractions over all of them).
@@ -157,8 +158,8 @@ def phase_diagram_figure(
         pending = s["n"] - s["finished"] - s["failed"]
         if pending:
             parts.append(f"not finished: {pending}")
-        if agg.median_delay is not None:
-            parts.append(f"median t_test/t_train: {agg.median_delay:.3g}")
+        if agg.median_ratio is not None:
+            parts.append(f"median generalize/fit step: {agg.median_ratio:.3g}")
         hover[i][j] = "<br>".join(parts) or "no runs"
     n = len(PHASES) + 1
     names = [*PHASES, "failed"]
@@ -206,7 +207,8 @@ def delay_heatmap_figure(
     where: Mapping[str, Any] | None = None,
     title: str | None = None,
 ) -> go.Figure:
-    """Heatmap of the median delay ``t_test / t_train`` (log colour scale) over two grid axes.
+    """Heatmap of the median ratio ``generalize_step / fit_step`` (log colour scale) over two
+    grid axes.
 
     Squares where no run has both times (memorization, confusion, unfinished) are blank.
     """
@@ -216,7 +218,7 @@ def delay_heatmap_figure(
     text = [["" for _ in xs] for _ in ys]
     for (xl, yl), runs in groups.items():
         i, j = ys.index(yl), xs.index(xl)
-        d = _summary(runs)["agg"].median_delay
+        d = _summary(runs)["agg"].median_ratio
         if d is not None and d > 0 and math.isfinite(d):
             z[i, j] = math.log10(d)
             text[i][j] = f"×{d:.3g}"
@@ -244,18 +246,19 @@ def delay_heatmap_figure(
             texttemplate="%{text}",
             hovertemplate=f"{x}=%{{x}}"
             + (f"<br>{y}=%{{y}}" if y else "")
-            + "<br>t_test/t_train %{text}<extra></extra>",
+            + "<br>generalize/fit step %{text}<extra></extra>",
             xgap=2,
             ygap=2,
             colorbar=dict(
-                title="t_test / t_train",
+                title="generalize / fit step",
                 tickvals=ticks,
                 ticktext=[f"{10**t:.3g}" for t in ticks],
             ),
         )
     )
     fig.update_layout(
-        title=title or "median delay t_test / t_train (first steps at the accuracy threshold)",
+        title=title
+        or "median ratio generalize step / fit step (first steps at the accuracy threshold)",
         xaxis=dict(title=_axis_title(x), type="category"),
         yaxis=dict(title=_axis_title(y), type="category", showticklabels=bool(y)),
         template="plotly_white",
@@ -276,7 +279,8 @@ def sweep_table_rows(
     """(header, rows) of the sweep table: one row per cell, in grid order.
 
     Columns: the grid values, runs (finished/total), status, majority phase, the fraction of
-    runs in each phase, median t_train, t_test, delay and final test accuracy, first error.
+    runs in each phase, median fit step, generalize step, their ratio and final test accuracy,
+    first error.
     """
     if not isinstance(cells, Sequence):
         raise GrokinterpError("cells must be a list of sweep cells")
@@ -289,9 +293,9 @@ def sweep_table_rows(
         "status",
         "phase",
         *PHASES,
-        "t_train",
-        "t_test",
-        "t_test/t_train",
+        "fit step",
+        "generalize step",
+        "ratio",
         "test acc",
         "error",
     ]
@@ -309,9 +313,9 @@ def sweep_table_rows(
                 str(c.get("status", "")),
                 agg.phase or "—",
                 *[(_fmt(agg.fractions[p], "{:.2f}") if agg.n_runs else "—") for p in PHASES],
-                _fmt(agg.median_t_train, "{:.0f}"),
-                _fmt(agg.median_t_test, "{:.0f}"),
-                _fmt(agg.median_delay),
+                _fmt(agg.median_fit_step, "{:.0f}"),
+                _fmt(agg.median_generalize_step, "{:.0f}"),
+                _fmt(agg.median_ratio),
                 _fmt(float(np.median(accs)) if accs else None, "{:.3f}"),
                 (errors[0][:200] if errors else ""),
             ]

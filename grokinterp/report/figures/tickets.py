@@ -9,9 +9,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from grokinterp.analysis.curves import DEFAULT_THRESHOLD
 from grokinterp.config import GrokinterpError
 
-__all__ = ["ticket_curves_figure", "mask_similarity_figure", "mask_density_figure"]
+__all__ = [
+    "ticket_curves_figure",
+    "mask_similarity_figure",
+    "ticket_similarity_figure",
+    "mask_density_figure",
+]
 
 # Fixed colours per run kind so that every figure of a comparison reads the same way.
 KIND_COLORS = {
@@ -36,7 +42,7 @@ def _arr(x, name: str) -> np.ndarray:
 def ticket_curves_figure(
     curves: Mapping[str, Mapping[str, Sequence[float]]],
     metric: str = "test_acc",
-    threshold: float | None = 0.95,
+    threshold: float | None = DEFAULT_THRESHOLD,
     show_train: bool = False,
     title: str | None = None,
 ) -> go.Figure:
@@ -46,7 +52,8 @@ def ticket_curves_figure(
         curves: ``{label: {"step": [...], metric: [...], "train_acc": [...]}}`` (e.g. the
             ``curves`` of :func:`grokinterp.experiments.tickets.compare_tickets`).
         metric: key plotted as solid lines.
-        threshold: a dashed horizontal line (t_gen / t_mem are first crossings of 0.95).
+        threshold: a dashed horizontal line (the grokking threshold of
+            :mod:`grokinterp.analysis.curves`, 95 % by default).
         show_train: also draw ``train_acc`` dotted, in the same colour.
     """
     if not isinstance(curves, Mapping) or not curves:
@@ -119,6 +126,29 @@ def mask_similarity_figure(steps: Sequence[int], jaccard, title: str | None = No
     fig.update_layout(
         title=title or "Ticket (magnitude mask) similarity over training", template="plotly_white"
     )
+    return fig
+
+
+def ticket_similarity_figure(
+    steps: Sequence[int], jaccard_ref, jaccard_init=None, jaccard_random=None
+) -> go.Figure:
+    """How the magnitude mask approaches the final ticket over training: its Jaccard similarity to
+    the final ticket (``jaccard_ref``), to the initial mask (``jaccard_init``, dashed) and the
+    chance level of two random masks of that density (``jaccard_random``, dotted), each ``[n]``
+    indexed like ``steps`` (the ``tickets`` analysis's keys of those names)."""
+    fig = mask_similarity_figure(steps, jaccard_ref)
+    if np.ndim(fig.data[0].y) != 1:
+        raise GrokinterpError("jaccard_ref must be 1-D (one value per step)")
+    fig.data[0].update(name="vs final ticket", showlegend=True)
+    for values, name, dash in (
+        (jaccard_init, "vs initial mask", "dash"),
+        (jaccard_random, "chance level", "dot"),
+    ):
+        if values is not None:
+            fig.add_trace(
+                go.Scatter(x=fig.data[0].x, y=_arr(values, name), name=name, line={"dash": dash})
+            )
+    fig.update_layout(yaxis_title="Jaccard similarity", legend={"orientation": "h", "y": -0.2})
     return fig
 
 

@@ -1,4 +1,5 @@
-"""Training-curve figures: accuracy, loss and weight norm over steps (log-x step axis).
+"""Training-curve figures: accuracy, loss and weight norm over steps (log-x step axis), and
+one run's path in the (weight norm, loss) plane.
 
 Grokking (Power et al. 2022, "Grokking: generalization beyond overfitting on small algorithmic
 datasets") is a delay between train and test accuracy that spans orders of magnitude of steps,
@@ -15,8 +16,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 
+from grokinterp.analysis.curves import DEFAULT_THRESHOLD
 from grokinterp.config import GrokinterpError
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "checkpoint_slider_figure",
     "loss_figure",
     "metric_series",
+    "norm_trajectory_figure",
     "weight_norm_figure",
 ]
 
@@ -119,13 +123,13 @@ def _split_figure(
 
 def accuracy_figure(
     metrics_by_run: MetricsByRun,
-    threshold: float | None = 0.99,
+    threshold: float | None = DEFAULT_THRESHOLD,
     marks: Mapping[str, tuple[int | None, int | None]] | None = None,
     title: str = "Accuracy",
 ) -> go.Figure:
     """Train and test accuracy over steps (log-x), with the ``threshold`` as a dotted line and,
-    for each run in ``marks`` (label → (step of memorisation, step of generalisation)),
-    vertical markers at those steps."""
+    for each run in ``marks`` (label → (``fit_step``, ``generalize_step``), as in
+    :class:`~grokinterp.analysis.curves.GrokTimes`), vertical markers at those steps."""
     fig = _split_figure(metrics_by_run, [("train", "train_acc"), ("test", "test_acc")], ".3f")
     if threshold is not None:
         fig.add_hline(
@@ -134,9 +138,9 @@ def accuracy_figure(
             annotation_text=f"{threshold:.0%}",
             annotation_position="bottom right",
         )
-    for label, (t_mem, t_gen) in (marks or {}).items():
+    for label, (t_fit, t_gen) in (marks or {}).items():
         suffix = "" if len(metrics_by_run) == 1 else f" ({label})"
-        for t, what, color in ((t_mem, "memorised", "#1f77b4"), (t_gen, "generalised", "#d62728")):
+        for t, what, color in ((t_fit, "fit", "#1f77b4"), (t_gen, "generalised", "#d62728")):
             if t:  # step 0 cannot be drawn on a log axis
                 # Shapes take data coordinates, annotations log10 ones on a log axis.
                 fig.add_vline(x=t, line={"color": color, "dash": "dot", "width": 1})
@@ -146,7 +150,7 @@ def accuracy_figure(
                     yref="paper",
                     text=f"{what}{suffix}",
                     showarrow=False,
-                    xanchor="right" if what == "memorised" else "left",
+                    xanchor="right" if what == "fit" else "left",
                     yanchor="bottom",
                     font={"size": 10, "color": color},
                 )
@@ -260,5 +264,55 @@ def checkpoint_slider_figure(
                 "steps": slider_steps,
             }
         ],
+    )
+    return fig
+
+
+def norm_trajectory_figure(
+    metrics: Sequence[Mapping[str, Any]], title: str | None = None
+) -> go.Figure:
+    """One run's path in the (weight norm, loss) plane: train and test loss against
+    ``weight_norm_l2`` over training (Omnigrok's view of grokking as norm decay). The markers are
+    coloured by step (log scale, with a colorbar) so the direction of time can be read."""
+    rows = [m for m in metrics if "weight_norm_l2" in m]
+    if not rows:
+        raise GrokinterpError("metrics carry no weight_norm_l2")
+    w = np.array([m["weight_norm_l2"] for m in rows], dtype=float)
+    steps = np.array([m["step"] for m in rows])
+    log_steps = np.log10(np.maximum(steps, 1))
+    top = max(int(np.ceil(log_steps.max())), 1)
+    ticks = list(range(top + 1))
+    fig = go.Figure()
+    for key, color, symbol in (
+        ("train_loss", "#1f77b4", "circle"),
+        ("test_loss", "#d62728", "diamond"),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=w,
+                y=[m.get(key) for m in rows],
+                mode="lines+markers",
+                name=key.replace("_", " "),
+                line={"color": color, "width": 1},
+                marker={"size": 6, "symbol": symbol, "color": log_steps, "coloraxis": "coloraxis"},
+                customdata=steps,
+                hovertemplate="step %{customdata}<br>‖w‖ %{x:.3g}<br>%{y:.3g}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=title or "Loss against weight norm over training (colour: step)",
+        xaxis_title="weight norm ‖w‖₂",
+        yaxis={"title": "loss", "type": "log"},
+        coloraxis={
+            "colorscale": "Viridis",
+            "cmin": 0,
+            "cmax": top,
+            "colorbar": {
+                "title": {"text": "step"},
+                "tickvals": ticks,
+                "ticktext": [f"{10**t:,}" for t in ticks],
+            },
+        },
+        legend={"orientation": "h", "y": -0.2},
     )
     return fig

@@ -6,7 +6,8 @@
   chance; linear CKA / subspace energy / principal angles between E_W and the target embedding
   over training; test-accuracy curves of the comparison runs.
 - Omnigrok (Liu, Michaud, Tegmark 2023, "Omnigrok: Grokking Beyond Algorithmic Data"): the "LU"
-  figure, train and test loss against the weight norm.
+  figure, train and test loss against the weight norm (one run's path in that plane is
+  :func:`grokinterp.report.figures.training.norm_trajectory_figure`, re-exported here).
 
 Inputs are the flat dict of ``over_training(run, ["transfer"])`` (keys ``"steps"`` and
 ``"transfer/<key>"``), metrics rows or plain arrays; every function returns a
@@ -22,13 +23,18 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from grokinterp.analysis.curves import DEFAULT_THRESHOLD
 from grokinterp.config import GrokinterpError
+from grokinterp.report.figures import training
 from grokinterp.report.figures._results import as_array, result, result_steps
+from grokinterp.report.figures.training import norm_trajectory_figure
 
 __all__ = [
     "transfer_spectra_figure",
     "transfer_spectrum_heatmap",
+    "target_spectrum_slider",
     "transfer_overlap_figure",
+    "transfer_share_figure",
     "transfer_subspace_figure",
     "comparison_curves_figure",
     "lu_figure",
@@ -116,7 +122,8 @@ def transfer_spectra_figure(
 
 
 def transfer_spectrum_heatmap(results: Mapping[str, Any], title: str | None = None) -> go.Figure:
-    """The target embedding's spectrum over training (log10 norm), E_W's key frequencies marked."""
+    """The target embedding's spectrum over training (log10 norm), E_W's key frequencies marked;
+    the step axis spans exactly the analysed checkpoints, first to last."""
     steps = _steps(results)
     spec = _get(results, "spectrum")
     K = spec.shape[1]
@@ -137,17 +144,30 @@ def transfer_spectrum_heatmap(results: Mapping[str, Any], title: str | None = No
             x=np.full(len(wk), steps[0]),
             y=wk,
             mode="markers",
+            cliponaxis=False,  # drawn on the axis's left edge, the first checkpoint
             marker={"symbol": "triangle-right", "size": 10, "color": "#d62728"},
             name="E_W key frequencies",
         )
     )
     fig.update_layout(
         title=title or "Target embedding spectrum over training",
-        xaxis_title="step",
+        xaxis={"title": "step", "range": [float(steps[0]), float(steps[-1])]},
         yaxis_title="frequency k",
         legend={"orientation": "h", "y": -0.2},
     )
     return fig
+
+
+def target_spectrum_slider(results: Mapping[str, Any], title: str | None = None) -> go.Figure:
+    """The target embedding's Fourier norms per frequency, one checkpoint at a time (a slider
+    picks the checkpoint; the last one is shown first)."""
+    return training.checkpoint_slider_figure(
+        _steps(results).astype(int).tolist(),
+        _get(results, "spectrum"),
+        title=title or "Fourier norms of the target embedding",
+        xtitle="frequency k",
+        ytitle="‖projection on cos/sin k‖",
+    )
 
 
 def _log_x(steps: np.ndarray) -> np.ndarray:
@@ -189,6 +209,41 @@ def transfer_overlap_figure(results: Mapping[str, Any], title: str | None = None
     return fig
 
 
+def transfer_share_figure(
+    series: Mapping[str, tuple[Any, Any]], fourier: bool = True, title: str | None = None
+) -> go.Figure:
+    """Several runs on shared axes (e.g. a transfer and its random-A ablation), ``{label: (steps,
+    values)}``: with ``fourier`` the share of each target's Fourier energy in E_W's key
+    frequencies (``transfer/energy_in_weak_keys``), else the share of its first layer's energy in
+    span(E_W) (``transfer/subspace_energy``), over training."""
+    if not series:
+        raise GrokinterpError("series must name at least one run")
+    what = "energy in E_W's key freqs" if fourier else "first-layer energy in span(E_W)"
+    fig = go.Figure()
+    for i, (label, (steps, values)) in enumerate(series.items()):
+        fig.add_trace(
+            go.Scatter(
+                x=_log_x(_np(steps)),
+                y=_np(values),
+                name=f"{label} · {what}",
+                line={"color": training.COLORS[i % len(training.COLORS)]},
+            )
+        )
+    fig.update_layout(
+        title=title
+        or (
+            "Share of the target's Fourier energy in E_W's key frequencies"
+            if fourier
+            else "Share of the target first layer's energy in span(E_W)"
+        ),
+        xaxis={"title": "step", "type": "log"},
+        yaxis={"title": "fraction", "range": [0, 1.05]},
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
+
+
 def transfer_subspace_figure(results: Mapping[str, Any], title: str | None = None) -> go.Figure:
     """Over training: linear CKA(E_W, E_T), the share of E_T's energy inside span(E_W) (left)
     and the principal angles between span(E_W) and E_T's top-r subspace in degrees (right).
@@ -225,10 +280,11 @@ def transfer_subspace_figure(results: Mapping[str, Any], title: str | None = Non
 
 def comparison_curves_figure(
     curves: Mapping[str, Sequence[Mapping[str, Any]]],
-    level: float = 0.95,
+    level: float = DEFAULT_THRESHOLD,
     title: str | None = None,
 ) -> go.Figure:
-    """Train (dashed) and test (solid) accuracy of several runs: ``{kind: run.metrics}``."""
+    """Train (dashed) and test (solid) accuracy of several runs: ``{kind: run.metrics}``, with
+    the accuracy ``level`` (the grokking threshold) dotted."""
     if not curves:
         raise GrokinterpError("curves must name at least one run")
     fig = go.Figure()
@@ -287,39 +343,6 @@ def lu_figure(
         title=title or "Omnigrok LU: losses against the (constrained) weight norm",
         xaxis={"title": "weight norm ‖w‖₂", "type": "log"},
         yaxis={"title": "loss", "type": "log" if log_y else "linear"},
-        legend={"orientation": "h", "y": -0.2},
-    )
-    return fig
-
-
-def norm_trajectory_figure(
-    metrics: Sequence[Mapping[str, Any]], title: str | None = None
-) -> go.Figure:
-    """One run's path in the (weight norm, loss) plane: train and test loss against
-    ``weight_norm_l2`` over training (Omnigrok's view of grokking as norm decay)."""
-    rows = [m for m in metrics if "weight_norm_l2" in m]
-    if not rows:
-        raise GrokinterpError("metrics carry no weight_norm_l2")
-    w = np.array([m["weight_norm_l2"] for m in rows])
-    steps = np.array([m["step"] for m in rows])
-    fig = go.Figure()
-    for key, color in (("train_loss", "#1f77b4"), ("test_loss", "#d62728")):
-        fig.add_trace(
-            go.Scatter(
-                x=w,
-                y=[m[key] for m in rows],
-                mode="lines+markers",
-                marker={"size": 3},
-                name=key.replace("_", " "),
-                line={"color": color},
-                customdata=steps,
-                hovertemplate="step %{customdata}<br>‖w‖ %{x:.3g}<br>%{y:.3g}<extra></extra>",
-            )
-        )
-    fig.update_layout(
-        title=title or "Loss against weight norm over training",
-        xaxis_title="weight norm ‖w‖₂",
-        yaxis={"title": "loss", "type": "log"},
         legend={"orientation": "h", "y": -0.2},
     )
     return fig

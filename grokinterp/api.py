@@ -1,0 +1,157 @@
+"""The Python API: one function for every ``grokinterp`` command, returning data.
+
+Each mirrors its CLI command (same names, same defaults); everything beyond the first one or
+two arguments is keyword-only. The CLI is a thin face over these functions, so what a notebook
+gets is exactly what the terminal shows::
+
+    import grokinterp as gi
+    job = gi.run("demo")                       # grokinterp run
+    res = gi.analyze(job.run, ["fourier"])     # grokinterp analyze RUN --only fourier
+    gi.report(job.run, light=True)             # grokinterp report RUN --light
+    gi.ls()                                    # grokinterp ls
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from grokinterp.analysis import Results, applicable, over_training
+from grokinterp.analysis.curves import DEFAULT_THRESHOLD, grok_times
+from grokinterp.config import GrokinterpError, RunConfig
+from grokinterp.experiments.pipeline import MainJob, main_job
+from grokinterp.report.html import ReportResult, build_report
+from grokinterp.store import Run, import_run
+from grokinterp.training import train, train_seeds
+
+__all__ = [
+    "analyze",
+    "import_run",
+    "ls",
+    "report",
+    "run",
+    "sweep",
+    "tickets",
+    "train",
+    "train_seeds",
+    "transfer",
+]
+
+
+def run(
+    preset: str | RunConfig = "demo",
+    *,
+    out: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    device: str = "auto",
+    progress: bool = True,
+    light: bool = False,
+) -> MainJob:
+    """``grokinterp run``: train (resuming if the run exists), analyse every checkpoint with every
+    analysis that applies, write the report. See :func:`grokinterp.experiments.pipeline.main_job`."""
+    return main_job(
+        preset, out=out, overrides=overrides, device=device, progress=progress, light=light
+    )
+
+
+def _open(run: Run | str | Path) -> Run:
+    return run if isinstance(run, Run) else Run.open(run)
+
+
+def analyze(
+    run: Run | str | Path,
+    analyses: Sequence[str] | dict[str, dict] | None = None,
+    *,
+    steps: Sequence[int] | None = None,
+    device: str = "auto",
+    force: bool = False,
+    progress: bool = True,
+) -> Results:
+    """``grokinterp analyze``: ``analyses`` (default: every one that applies) over every
+    checkpoint, batched and cached (see :func:`grokinterp.analysis.over_training`)."""
+    run = _open(run)
+    if analyses is None:
+        analyses = [n for n, reason in applicable(run).items() if reason is None]
+    return over_training(run, analyses, steps, device=device, force=force, progress=progress)
+
+
+def report(
+    runs: Run | str | Path | Sequence[Run | str | Path],
+    out: str | Path | None = None,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    light: bool = False,
+    recompute: bool = True,
+) -> ReportResult:
+    """``grokinterp report``: the HTML report of one run (or a comparison) and summary.json."""
+    return build_report(runs, out, light=light, threshold=threshold, recompute=recompute)
+
+
+def ls(root: str | Path = "checkpoints") -> list[dict[str, Any]]:
+    """``grokinterp ls``: one dict per run under ``root`` (path, task, model, steps,
+    checkpoints, final accuracies, ``fit_step``/``generalize_step`` at the default threshold,
+    size); an unreadable run gets ``error`` instead."""
+    root = Path(root)
+    if not root.exists():
+        raise GrokinterpError(f"{root} does not exist")
+    paths = (
+        [root]
+        if (root / "run.json").is_file()
+        else sorted(p.parent for p in root.rglob("run.json"))
+    )
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            r = Run.open(path)
+            metrics = r.metrics
+        except GrokinterpError as e:
+            rows.append({"path": str(path), "error": str(e)})
+            continue
+        last = metrics[-1] if metrics else {}
+        times = grok_times(metrics)
+        rows.append(
+            {
+                "path": str(path),
+                "task": r.config.task.name,
+                "p": r.config.task.params.get("p"),
+                "model": r.config.model.name,
+                "status": r.info.get("status"),
+                "step": last.get("step"),
+                "checkpoints": len(r.steps),
+                "train_acc": last.get("train_acc"),
+                "test_acc": last.get("test_acc"),
+                "fit_step": times.fit_step,
+                "generalize_step": times.generalize_step,
+                "threshold": times.threshold,
+                "size_mb": r.size_bytes() / 1e6,
+            }
+        )
+    return rows
+
+
+def tickets(run: Run | str | Path, at: int | str = "final", **kwargs: Any):
+    """``grokinterp tickets --compare``: train the grokking ticket of checkpoint ``at`` and its
+    controls (keyword arguments of :func:`grokinterp.experiments.tickets.compare_tickets`)."""
+    from grokinterp.experiments.tickets import compare_tickets
+
+    return compare_tickets(_open(run), at, **kwargs)
+
+
+def transfer(weak: str | Path | Run | RunConfig, target: str | Path | RunConfig, **kwargs: Any):
+    """``grokinterp transfer``: one GrokTransfer target, or with ``compare=True`` the comparison
+    with scratch and random-A (keyword arguments of :func:`grokinterp.experiments.transfer.transfer`
+    / :func:`~grokinterp.experiments.transfer.compare_transfer`)."""
+    from grokinterp.experiments import transfer as gt
+
+    if kwargs.pop("compare", False):
+        return gt.compare_transfer(weak, target, **kwargs)
+    return gt.transfer(weak, target, **kwargs)
+
+
+def sweep(base: RunConfig | None, grid: Sequence[str] | None, out_dir: str | Path, **kwargs: Any):
+    """``grokinterp sweep``: train every cell of ``grid`` × seeds (on Ray), label their phases
+    (keyword arguments of :func:`grokinterp.experiments.sweep.run_sweep`)."""
+    from grokinterp.experiments.sweep import run_sweep
+
+    return run_sweep(base, grid, out_dir, **kwargs)
