@@ -47,15 +47,20 @@ def _main(
 
 
 def friendly(fn):
-    """Turn GrokinterpError into a one-line message and exit code 2 (unless --debug)."""
+    """Turn GrokinterpError — and an operating-system error on a path the user gave (too long,
+    not a directory, no permission, disk full) — into a one-line message and exit code 2
+    (unless --debug)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except GrokinterpError as e:
+        except (GrokinterpError, OSError) as e:
             if _state["debug"]:
                 raise
+            if isinstance(e, OSError) and not isinstance(e, GrokinterpError):
+                where = f": {e.filename}" if e.filename else ""
+                e = GrokinterpError(f"{e.strerror or type(e).__name__}{where}")
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
 
@@ -311,14 +316,16 @@ def analyze(
     import time
 
     from grokinterp.store import Run
+    from grokinterp.store.lock import is_being_written
 
     run = Run.open(run_dir)
     while True:
         results = _analyze_once(run, only, force, device, quiet)
-        if not follow or Run.open(run_dir).info.get("status") != "running":
+        # a run that nobody writes any more (finished, or killed mid-training) has nothing to wait for
+        if not follow or not is_being_written(run_dir):
             break
         seen = len(run.steps)
-        while len(run.steps) == seen and Run.open(run_dir).info.get("status") == "running":
+        while len(run.steps) == seen and is_being_written(run_dir):
             time.sleep(2.0)
         force = False
     for name in results.params:

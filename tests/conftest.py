@@ -90,3 +90,16 @@ def copy_of_demo_run(tmp_path: Path) -> Path | None:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("analysis", "state"))
             return dst
     return None
+
+
+# Parametrize a test over the CPU and (where there is one) a CUDA GPU.
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ],
+    ),
+]

@@ -25,19 +25,9 @@ from grokinterp.analysis.rank import batched_ranks, effective_rank, feature_rank
 from grokinterp.config import ModelConfig, RunConfig, TaskConfig, TrainConfig
 from grokinterp.training import train
 
-from .conftest import tiny
+from .conftest import DEVICES, tiny
 from .test_complexity import R, hyperplane_net, lines_at_distances
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.cuda,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
-        ],
-    ),
-]
 SPEC = {
     "rank": {"n_samples": 40},
     "complexity": {"n_samples": 12, "n_directions": 4, "relative_radius": 0.2},

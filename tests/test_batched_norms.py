@@ -23,18 +23,7 @@ from grokinterp.store import save_tensors
 from grokinterp.tasks import Task
 from grokinterp.training import train
 
-from .conftest import tiny
-
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.cuda,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
-        ],
-    ),
-]
+from .conftest import DEVICES, tiny
 
 
 def _train(tmp_path_factory, name, task, model, steps=20, **train_kw):

@@ -23,18 +23,8 @@ from grokinterp.experiments import transfer as X
 from grokinterp.training import train
 from tests import test_transfer as TOK
 from tests import test_transfer_xor as XOR
+from tests.conftest import DEVICES
 from tests.test_tickets_run import tiny_config
-
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.cuda,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
-        ],
-    ),
-]
 
 
 @pytest.fixture(scope="module")

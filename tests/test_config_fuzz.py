@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import grokinterp.config as C
+import grokinterp.config.validation as C
 from grokinterp.config import (
     GrokinterpError,
     ModelConfig,

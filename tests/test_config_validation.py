@@ -10,7 +10,7 @@ import typing
 import pytest
 from typer.testing import CliRunner
 
-import grokinterp.config as C
+import grokinterp.config.validation as C
 from grokinterp.config import (
     GrokinterpError,
     ModelConfig,

@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from grokinterp.analysis import ANALYSES, applicable, over_training
-from grokinterp.analysis.dynamics import (
-    complexity_phases,
-    domain_points,
-    drop_step,
-    sample_split,
-    transition_step,
-)
+from grokinterp.analysis.curves import complexity_phases, drop_step, transition_step
+from grokinterp.analysis.inputs import domain_points, sample_split
 from grokinterp.config import GrokinterpError, ModelConfig, RunConfig, TaskConfig, TrainConfig
 from grokinterp.training import train
 

@@ -4,11 +4,14 @@ One analysis = one module that registers ``Analysis(name, factory, applies, summ
 (:mod:`grokinterp.analysis.registry`); importing this package registers every analysis.
 """
 
-from grokinterp.analysis import (
-    dynamics,  # noqa: F401  (registers "rank", "complexity", "norms", "robustness")
-    fourier_progress,  # noqa: F401  (registers "fourier")
-    tickets,  # noqa: F401  (registers "tickets")
-    transfer,  # noqa: F401  (registers "transfer")
+from grokinterp.analysis import (  # noqa: F401  (each module registers its analysis)
+    complexity,
+    fourier_progress,
+    norms,
+    rank,
+    robustness,
+    tickets,
+    transfer,
 )
 from grokinterp.analysis.registry import (
     ANALYSES,
