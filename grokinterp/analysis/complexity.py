@@ -36,6 +36,7 @@ from grokinterp.analysis.curves import complexity_phases
 from grokinterp.analysis.inputs import domain_points, model_inputs, sample_split
 from grokinterp.analysis.registry import Measure, register_analysis
 from grokinterp.config import GrokinterpError
+from grokinterp.models import ACTIVATION_TYPES as MODEL_ACTIVATIONS
 
 __all__ = [
     "ACTIVATION_TYPES",
@@ -54,38 +55,13 @@ __all__ = [
     "preactivation_hooks",
 ]
 
-# Fallback set of nonlinearity modules; grokinterp.models.ACTIVATION_TYPES is added to it so that
-# any activation class the models gain later is found as well.
-_BASE_ACTIVATIONS: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.RReLU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.ELU,
-    nn.CELU,
-    nn.SELU,
-    nn.Softplus,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.Hardtanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
+# The models' activation classes plus torch's, so that any nn.Module built from activation modules
+# (not only grokinterp's models) is understood.
+_TORCH_ACTIVATIONS = "ReLU ReLU6 LeakyReLU PReLU RReLU GELU SiLU Mish ELU CELU SELU Softplus Tanh"
+_TORCH_ACTIVATIONS += " Sigmoid Hardtanh Hardswish Hardsigmoid"
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = tuple(
+    dict.fromkeys((*MODEL_ACTIVATIONS, *(getattr(nn, n) for n in _TORCH_ACTIVATIONS.split())))
 )
-
-
-def _activation_types() -> tuple[type[nn.Module], ...]:
-    try:
-        from grokinterp.models import ACTIVATION_TYPES
-    except ImportError:  # models layer not importable: the torch classes are enough
-        return _BASE_ACTIVATIONS
-    return tuple(dict.fromkeys((*ACTIVATION_TYPES, *_BASE_ACTIVATIONS)))
-
-
-ACTIVATION_TYPES: tuple[type[nn.Module], ...] = _activation_types()
 
 # Vertex rows per forward pass when chunk_size is None (measured fastest on CPU: 1-4k rows).
 AUTO_ROWS = 2048

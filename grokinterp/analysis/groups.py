@@ -19,7 +19,6 @@ from grokinterp.config import GrokinterpError
 __all__ = ["GroupIndexing", "discrete_log_table", "group_indexing", "is_prime", "primitive_root"]
 
 
-
 def is_prime(p: int) -> bool:
     """Deterministic trial-division primality test (p is small here)."""
     if p < 2:

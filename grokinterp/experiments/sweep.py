@@ -31,22 +31,15 @@ sweep trains one run per grid point and seed and labels each with its phase
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
-import logging
-import math
 import os
-import re
 import signal
 import socket
-import tempfile
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +51,24 @@ from grokinterp.analysis.phases import (
     classify_metrics,
     validate_phase_params,
 )
-from grokinterp.config import GrokinterpError, RunConfig, apply_overrides, parse_value, validate
+from grokinterp.config import GrokinterpError, RunConfig
+from grokinterp.experiments.executors import (
+    INSTALL_HINT,
+    _finished,
+    _import_ray,
+    _partial,
+    _RayExecutor,
+    _SerialExecutor,
+    execute_run,
+)
+from grokinterp.experiments.grid import (
+    CellSpec,
+    GridAxis,
+    RunSpec,
+    expand_grid,
+    parse_grid,
+    parse_seeds,
+)
 from grokinterp.report.sweep import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
@@ -67,9 +77,10 @@ from grokinterp.report.sweep import (
     read_manifest,
     render_sweep_report,
 )
-from grokinterp.store import Run, atomic_write_text, has_resume_state, is_run_dir, read_metrics
+from grokinterp.store import atomic_write_text, read_metrics
 
 __all__ = [
+    "INSTALL_HINT",
     "CellSpec",
     "GridAxis",
     "RunSpec",
@@ -81,396 +92,7 @@ __all__ = [
     "run_sweep",
 ]
 
-INSTALL_HINT = "the sweep command needs Ray: pip install 'grokinterp[sweep]'"
-RAY_DIR = "ray"
 LOCK_NAME = ".sweep.lock"
-# Ray puts ~70 bytes of session and socket names under its temp dir; AF_UNIX paths end at 107.
-_MAX_RAY_TEMP_LEN = 36
-
-
-# ----------------------------------------------------------------------------- grid
-
-
-@dataclass(frozen=True)
-class GridAxis:
-    """One ``--grid key=v1,v2,...``: the override key, parsed values and their text labels."""
-
-    key: str
-    values: tuple[Any, ...]
-    labels: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "values": list(self.values), "labels": list(self.labels)}
-
-
-def _split_values(text: str) -> list[str]:
-    """Split at commas that are not inside brackets or quotes (``betas=[0.9,0.98],[0.9,0.99]``)."""
-    parts, depth, quote, cur = [], 0, None, []
-    for ch in text:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append("".join(cur).strip())
-            cur = []
-            continue
-        cur.append(ch)
-    parts.append("".join(cur).strip())
-    return parts
-
-
-def parse_grid(spec: str | GridAxis) -> GridAxis:
-    """Parse ``"train.weight_decay=0.1,0.3,1"`` into a :class:`GridAxis`."""
-    if isinstance(spec, GridAxis):
-        return spec
-    if not isinstance(spec, str) or "=" not in spec:
-        raise GrokinterpError(f"--grid {spec!r} must look like section.key=v1,v2,...")
-    key, text = (s.strip() for s in spec.split("=", 1))
-    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", key):
-        raise GrokinterpError(
-            f"--grid key {key!r} must look like section.key (task.X, model.X or train.X)"
-        )
-    labels = _split_values(text)
-    if not text or any(not lab for lab in labels):
-        raise GrokinterpError(f"--grid {spec!r} has an empty value; give v1,v2,... after '='")
-    if len(set(labels)) != len(labels):
-        raise GrokinterpError(f"--grid {spec!r} repeats a value")
-    values = [parse_value(lab) for lab in labels]
-    # TOML dates and times have no JSON form (sweep.json): such a value stays its text
-    values = [v if _jsonable(v) else lab for v, lab in zip(values, labels, strict=True)]
-    return GridAxis(key, tuple(values), tuple(labels))
-
-
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value, allow_nan=True)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def parse_seeds(spec: str | Sequence[int] | None) -> list[int] | None:
-    """``"0-4"`` → [0, 1, 2, 3, 4]; ``"0,1,7"`` and ``"0-2,7"`` work too; a list passes through."""
-    if spec is None:
-        return None
-    if not isinstance(spec, str):
-        seeds = [int(s) for s in spec]
-    else:
-        seeds = []
-        for part in spec.split(","):
-            part = part.strip()
-            m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
-            if m:
-                lo, hi = int(m.group(1)), int(m.group(2))
-                if hi < lo:
-                    raise GrokinterpError(f"--seeds range {part!r} is empty (write low-high)")
-                seeds.extend(range(lo, hi + 1))
-            elif part.isdigit():
-                seeds.append(int(part))
-            else:
-                raise GrokinterpError(
-                    f"--seeds {spec!r} must be a range or list of integers ≥ 0, e.g. 0-4 or 0,1,7"
-                )
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise GrokinterpError(f"--seeds {spec!r} must name distinct integers ≥ 0")
-    return seeds
-
-
-@dataclass
-class RunSpec:
-    """One run of the sweep: its folder name, seed (None = the base config's) and config."""
-
-    name: str
-    cell: int
-    seed: int | None
-    overrides: list[str]
-    config: RunConfig
-
-
-@dataclass
-class CellSpec:
-    """One grid point and its runs (one per seed)."""
-
-    index: int
-    name: str
-    values: dict[str, Any]
-    labels: dict[str, str]
-    overrides: list[str]
-    runs: list[RunSpec] = field(default_factory=list)
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
-
-
-def expand_grid(
-    base: RunConfig, axes: Sequence[GridAxis], seeds: Sequence[int] | None = None
-) -> list[CellSpec]:
-    """The cells of the grid (Cartesian product, first axis slowest) with their runs' configs.
-
-    Every config is built and validated here, so a bad key or value fails before anything runs:
-    one :class:`GrokinterpError` names the failing cells (the first three) and how many fail.
-    """
-    axes = [parse_grid(a) for a in axes]
-    keys = [a.key for a in axes]
-    if len(set(keys)) != len(keys):
-        raise GrokinterpError(f"--grid names a key twice: {', '.join(keys)}")
-    if seeds is not None and "train.seed" in keys:
-        raise GrokinterpError(
-            "give the seeds either with --seeds or with --grid train.seed, not both"
-        )
-    short = [k.split(".")[-1] for k in keys]
-    names = [s if short.count(s) == 1 else k for s, k in zip(short, keys, strict=True)]
-    seed_name = "train.seed" if "seed" in names else "seed"
-    cells, used = [], set()
-    errors: dict[str, str] = {}  # cell name -> its first failure (its seeds fail alike)
-    for index, combo in enumerate(itertools.product(*[range(len(a.values)) for a in axes])):
-        values = {a.key: a.values[i] for a, i in zip(axes, combo, strict=True)}
-        labels = {a.key: a.labels[i] for a, i in zip(axes, combo, strict=True)}
-        overrides = [f"{k}={labels[k]}" for k in keys]
-        name = "__".join(f"{n}={_safe(labels[k])}" for n, k in zip(names, keys, strict=True))
-        name = name or "base"
-        if name in used:  # two labels that differ only in unsafe characters
-            name = f"{name}__{index}"
-        used.add(name)
-        cell = CellSpec(index, name, values, labels, overrides)
-        for seed in seeds if seeds is not None else [None]:
-            run_over = overrides + ([f"train.seed={seed}"] if seed is not None else [])
-            run_name = name + (f"__{seed_name}={seed}" if seed is not None else "")
-            try:
-                cfg = apply_overrides(base, run_over)
-                cfg.name = run_name
-                validate(cfg)
-            except GrokinterpError as e:
-                errors.setdefault(name, f"cell {name}: {e}")
-                continue
-            cell.runs.append(RunSpec(run_name, index, seed, run_over, cfg))
-        cells.append(cell)
-    if errors:  # every cell is checked before any trains; report them all, train none
-        msgs = list(errors.values())
-        head = "" if len(msgs) == 1 else f"{len(msgs)} of {len(cells)} cells fail validation: "
-        more = f"; and {len(msgs) - 3} more" if len(msgs) > 3 else ""
-        raise GrokinterpError(head + "; ".join(msgs[:3]) + more)
-    return cells
-
-
-# ----------------------------------------------------------------------------- one run
-
-
-def execute_run(config: dict[str, Any], out_dir: str, threads: int = 1) -> dict[str, Any]:
-    """Train one run of a sweep (the body of a Ray task; also called in-process by tests).
-
-    Starts fresh, resumes a killed run from its last checkpoint, or restarts a folder that holds
-    no resumable state. Never raises: an error comes back as ``{"ok": False, "error": ...}``.
-    """
-    import torch
-
-    from grokinterp.training import train
-
-    torch.set_num_threads(max(1, int(threads)))
-    start = time.perf_counter()
-    out = Path(out_dir)
-    resume = is_run_dir(out) and has_resume_state(out)
-    overwrite = not resume and out.exists()
-    try:
-        cfg = RunConfig.from_dict(config)
-        cfg.train.threads = max(1, int(threads))  # training sets its own thread count
-        run = train(cfg, out, resume=resume, overwrite=overwrite, progress=False)
-    except Exception as e:  # noqa: BLE001 — any failure fails the cell, not the sweep
-        return {
-            "ok": False,
-            "error": f"{type(e).__name__}: {e}".splitlines()[0][:500],
-            "traceback": traceback.format_exc()[-4000:],
-            "resumed": resume,
-            "host": socket.gethostname(),
-        }
-    keep = ("step", "train_acc", "test_acc", "train_loss", "test_loss")
-    return {
-        "ok": True,
-        "metrics": [{k: m[k] for k in keep if k in m} for m in run.metrics],
-        "final_step": run.info.get("final_step"),
-        "stopped_early": run.info.get("stopped_early"),
-        "train_wall_s": run.info.get("wall_time_s"),
-        "elapsed_s": round(time.perf_counter() - start, 2),
-        "resumed": resume,
-        "host": socket.gethostname(),
-    }
-
-
-def _finished(path: Path, cfg: RunConfig) -> bool:
-    """True if ``path`` holds this run, complete for this step budget."""
-    if not is_run_dir(path):
-        return False
-    try:
-        run = Run.open(path)
-    except GrokinterpError:
-        return False
-    info = run.info
-    if info.get("status") != "complete" or run.config.train.steps != cfg.train.steps:
-        return False
-    return bool(info.get("stopped_early")) or info.get("final_step", -1) >= cfg.train.steps
-
-
-def _partial(path: Path) -> bool:
-    return is_run_dir(path) and has_resume_state(path)
-
-
-# ----------------------------------------------------------------------------- executors
-
-
-def _import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise GrokinterpError(INSTALL_HINT) from None
-    return ray
-
-
-def _ray_temp_dir(sweep_dir: Path) -> tuple[Path, Path | None]:
-    """Ray's temp dir inside the sweep folder; a short /tmp symlink to it if the path is long."""
-    target = (sweep_dir / RAY_DIR).resolve()
-    target.mkdir(parents=True, exist_ok=True)
-    if len(str(target)) <= _MAX_RAY_TEMP_LEN:
-        return target, None
-    tag = hashlib.sha1(str(target).encode()).hexdigest()[:10]
-    base = Path(tempfile.gettempdir())
-    if len(str(base)) > _MAX_RAY_TEMP_LEN - 20:
-        base = Path("/tmp")
-    link = base / f"gi-ray-{tag}"
-    if link.is_symlink() or link.exists():
-        link.unlink()  # left by a killed sweep (the lock keeps a live one off this folder)
-    os.symlink(target, link)
-    return link, link
-
-
-class _RayExecutor:
-    """Submits runs as Ray tasks; starts (and later stops) a local Ray unless ``address``."""
-
-    def __init__(
-        self,
-        sweep_dir: Path,
-        address: str | None,
-        cpus_per_run: float,
-        gpus_per_run: float,
-        max_concurrent: int | None,
-        max_retries: int,
-    ):
-        ray = _import_ray()
-        self.ray = ray
-        self.owned = False
-        self.link: Path | None = None
-        self.cpus, self.gpus = cpus_per_run, gpus_per_run
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        # Ray logs start-up notices through the "ray" logger before ray.init configures it.
-        logging.getLogger("ray").setLevel(logging.ERROR)
-        common = dict(
-            log_to_driver=False,
-            include_dashboard=False,
-            logging_level=logging.ERROR,
-        )
-        if ray.is_initialized():
-            pass  # the caller's Ray (e.g. a notebook that called ray.init itself)
-        elif address:
-            ray.init(address=address, **common)
-            self.owned = True
-        else:
-            temp, self.link = _ray_temp_dir(sweep_dir)
-            n_cpu = os.cpu_count() or 1
-            if max_concurrent:
-                n_cpu = max(1, math.ceil(max_concurrent * cpus_per_run))
-            ray.init(
-                num_cpus=n_cpu,
-                _temp_dir=str(temp),
-                object_store_memory=100 * 1024**2,  # results are small metric lists
-                **common,
-            )
-            self.owned = True
-            if gpus_per_run > 0 and ray.cluster_resources().get("GPU", 0) < gpus_per_run:
-                self.shutdown()
-                raise GrokinterpError(
-                    f"--gpus-per-run {gpus_per_run:g} but this machine has no (or too few) GPUs "
-                    "visible to Ray; use --gpus-per-run 0 or --address of a GPU cluster"
-                )
-        self.fn = ray.remote(execute_run)
-        self.max_retries = max_retries
-
-    def capacity(self) -> int:
-        res = self.ray.cluster_resources()
-        n = math.floor(res.get("CPU", 1) / self.cpus) if self.cpus > 0 else 10**6
-        if self.gpus > 0:
-            n = min(n, math.floor(res.get("GPU", 0) / self.gpus))
-        return max(1, n)
-
-    def submit(self, run: RunSpec, out: Path) -> Any:
-        threads = max(1, int(self.cpus))
-        task = self.fn.options(
-            num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.max_retries, name=run.name
-        )
-        return task.remote(run.config.to_dict(), str(out), threads)
-
-    def wait(self, handles: list, timeout: float) -> list:
-        ready, rest = self.ray.wait(handles, num_returns=1, timeout=timeout)
-        if ready and rest:
-            more, _ = self.ray.wait(rest, num_returns=len(rest), timeout=0)
-            ready += more
-        return ready
-
-    def result(self, handle: Any) -> dict[str, Any]:
-        try:
-            return self.ray.get(handle)
-        except self.ray.exceptions.RayError as e:  # worker crash, missing module on a node...
-            cause = getattr(e, "cause", None) or e
-            text = f"{type(cause).__name__}: {cause}"
-            return {"ok": False, "error": text.strip().splitlines()[-1][:500], "traceback": text}
-
-    def cancel(self, handles: list) -> None:
-        for h in handles:
-            try:
-                self.ray.cancel(h, force=True)
-            except Exception:  # noqa: BLE001 — best effort on the way out
-                pass
-
-    def shutdown(self) -> None:
-        if self.owned:
-            self.ray.shutdown()
-            self.owned = False
-        if self.link is not None and self.link.is_symlink():
-            self.link.unlink()
-            self.link = None
-
-
-class _SerialExecutor:
-    """Runs each submitted run at once, in this process (tests; debugging without Ray)."""
-
-    def __init__(self, cpus_per_run: float = 1):
-        self.cpus = cpus_per_run
-        self.results: dict[int, dict[str, Any]] = {}
-        self.counter = itertools.count()
-
-    def capacity(self) -> int:
-        return 1
-
-    def submit(self, run: RunSpec, out: Path) -> int:
-        h = next(self.counter)
-        self.results[h] = execute_run(run.config.to_dict(), str(out), max(1, int(self.cpus)))
-        return h
-
-    def wait(self, handles: list, timeout: float) -> list:
-        return list(handles)
-
-    def result(self, handle: int) -> dict[str, Any]:
-        return self.results.pop(handle)
-
-    def cancel(self, handles: list) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
 
 
 # ----------------------------------------------------------------------------- manifest
