@@ -1,6 +1,6 @@
 """Run every benchmark (``make bench``): the training engines (bench_train.py: step times,
 checkpointing, analysis; on a CUDA machine also time-to-99% and many seeds) and the Fourier
-analysis (bench_fourier.py). Numbers are printed and saved as JSON under ``--out``; the
+analyses over a run's checkpoints (bench_analysis.py). Numbers are printed and saved as JSON under ``--out``; the
 figures quoted in benchmarks/RESULTS.md come from these scripts.
 
     python benchmarks/run_all.py [--out artifacts/bench] [--quick]
@@ -57,12 +57,15 @@ def main() -> int:
             ("seeds_cuda", [*train, "seeds", "--device", "cuda", "--seeds", "1", "8", "64"]),
             ("ckpt_cuda", [*train, "ckpt", "--device", "cuda", "--rounds", "2"]),
         ]
-    fourier = HERE / "bench_fourier.py"
-    if fourier.is_file() and not args.quick:
-        jobs.append(("fourier", [sys.executable, str(fourier)]))
+    analysis = [sys.executable, str(HERE / "bench_analysis.py"), "--preset", "demo"]
+    jobs.append(("analysis_batched_cpu", [*analysis, "--device", "cpu", "--threads", "2"]))
+    if cuda:
+        jobs.append(
+            ("analysis_cuda", [*analysis, "--device", "cuda", "--set", "train.device=cuda"])
+        )
     failed = []
     for name, cmd in jobs:
-        if "bench_train.py" in cmd[1] or "bench_threads.py" in cmd[1]:
+        if any(b in cmd[1] for b in ("bench_train.py", "bench_threads.py", "bench_analysis.py")):
             cmd = [*cmd, "--json", str(out / f"{name}.json")]
         print(f"\n===== {name}: {' '.join(cmd[1:])}", flush=True)
         start = time.perf_counter()

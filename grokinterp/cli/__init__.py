@@ -7,6 +7,3 @@ from grokinterp.cli.app import app, console, err_console, friendly, main
 from grokinterp.cli.runs import runs_table
 
 __all__ = ["app", "console", "err_console", "friendly", "main", "runs_table"]
-
-if __name__ == "__main__":
-    main()

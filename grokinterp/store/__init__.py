@@ -303,8 +303,9 @@ def check_run_info(info: Any, meta: Path) -> dict[str, Any]:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Read ``metrics.jsonl`` (``[]`` when absent).
 
-    A torn last line (no final newline: a crash mid-append) is skipped with a
-    :class:`RunFolderWarning`; any other bad line is a GrokinterpError naming file and line.
+    A torn last line (no final newline, and the start of a metrics row: a crash mid-append) is
+    skipped with a :class:`RunFolderWarning`; any other bad line is a GrokinterpError naming file
+    and line.
     """
     path = Path(path)
     try:
@@ -328,8 +329,11 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     if torn.strip():
         try:
             rows.append(_metrics_row(torn))
-        except ValueError:
+        except ValueError as e:
             where = f"{path}:{len(lines) + 1}"
+            # A crash mid-append leaves the prefix of a JSON object; anything else is corruption.
+            if not torn.lstrip().startswith(b'{"step"'):
+                raise GrokinterpError(f"{where}: bad metrics line ({e})") from None
             if where not in _warned_torn:  # once per file and line, however often it is read
                 _warned_torn.add(where)
                 warnings.warn(
