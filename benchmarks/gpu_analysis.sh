@@ -24,9 +24,8 @@ for stage in $STAGES; do
   case $stage in
     env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
          python3 -c 'import torch, transformer_lens, plotly; print(torch.__version__, torch.version.cuda)' ;;
-    test) timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_fourier_progress.py \
-            tests/test_batched_dynamics.py tests/test_batched_norms.py \
-            tests/test_batched_tickets_transfer.py -k "cuda" 2>&1 | tail -15 ;;
+    test) timeout 300 python3 -m pytest -q -p no:cacheprovider tests -m "cuda or not slow" \
+            -k "cuda" 2>&1 | tail -15 ;;  # every CUDA test: analyses, fast engine, seeds, resume
     train) /usr/bin/time -f "train wall %e s" timeout 300 bash -c \
             "$(declare -f gi); gi train --preset nanda2023 --set train.device=cuda --out /tmp/nanda -q" \
             2>&1 | tail -5
