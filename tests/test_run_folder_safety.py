@@ -385,3 +385,21 @@ def test_overwrite_never_deletes_a_live_run_inside_the_folder(tmp_path, tiny_run
         holder.wait()
     train(tiny(["train.steps=5"]), parent, overwrite=True, progress=False)  # released: allowed
     assert not child.exists()
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    """Checkpoints, caches and state are readable by the group/others when the umask allows it
+    (safetensors alone creates 0600 files), and private when it does not."""
+    import stat
+
+    from grokinterp.store import save_tensors
+
+    before = os.umask(0o022)
+    try:
+        save_tensors(tmp_path / "a.safetensors", {"x": torch.zeros(2)})
+        os.umask(0o077)
+        save_tensors(tmp_path / "b.safetensors", {"x": torch.zeros(2)})
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "a.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.safetensors").stat().st_mode) == 0o600

@@ -31,14 +31,19 @@ def runs_table(paths: list[Path], title: str = "runs") -> Table:
     table = Table(
         title=title,
         box=box.SIMPLE_HEAD,
-        caption=f"acc: final accuracy; fit / generalize: first step at {pct} train / test "
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
+        caption=f"train / test: final accuracy; fit / gen.: first step at {pct} train / test "
         "accuracy; MB: size on disk",
     )
-    numeric = ("steps", "ckpts", "train acc", "test acc", "fit", "generalize", "MB")
-    for col in ("run", "task", "model"):
-        table.add_column(col, overflow="fold", ratio=1)
-    for col in numeric:
-        table.add_column(col, justify="right", max_width=10 if col == "generalize" else 6)
+    # Names and numbers never wrap; only the run's path folds when the terminal is narrow, so
+    # an 80-column `grokinterp ls` shows whole task and model names.
+    table.add_column("run", overflow="fold", min_width=6)
+    for col in ("task", "model"):
+        table.add_column(col, no_wrap=True)
+    for col in ("steps", "ckpts", "train", "test", "fit", "gen.", "MB"):
+        table.add_column(col, justify="right", no_wrap=True)
     for path in paths:
         try:
             run = Run.open(path)

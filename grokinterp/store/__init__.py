@@ -49,8 +49,19 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(e).__name__
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(..., "w")`` gives under the process's umask (read twice: setting
+    it is the only way to read it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then rename ``tmp`` to ``path``: readers see the old file or the new."""
+    """Call ``write(tmp)`` then rename ``tmp`` to ``path``: readers see the old file or the new.
+
+    The file gets the mode the umask gives ordinary files (safetensors creates its files 0600,
+    which would hide a shared run from colleagues)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -58,6 +69,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
