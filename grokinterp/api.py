@@ -20,7 +20,7 @@ from typing import Any
 from grokinterp.analysis import Results, applicable, over_training
 from grokinterp.analysis.curves import DEFAULT_THRESHOLD, grok_times
 from grokinterp.config import GrokinterpError, RunConfig
-from grokinterp.experiments.pipeline import MainJob, main_job
+from grokinterp.experiments.pipeline import main_job
 from grokinterp.report.html import ReportResult, build_report
 from grokinterp.store import Run, import_run
 from grokinterp.training import train, train_seeds
@@ -28,8 +28,10 @@ from grokinterp.training import train, train_seeds
 __all__ = [
     "analyze",
     "import_run",
+    "find_runs",
     "ls",
     "report",
+    "run_overview",
     "run",
     "sweep",
     "tickets",
@@ -39,20 +41,9 @@ __all__ = [
 ]
 
 
-def run(
-    preset: str | RunConfig = "demo",
-    *,
-    out: str | Path | None = None,
-    overrides: Sequence[str] = (),
-    device: str = "auto",
-    progress: bool = True,
-    light: bool = False,
-) -> MainJob:
-    """``grokinterp run``: train (resuming if the run exists), analyse every checkpoint with every
-    analysis that applies, write the report. See :func:`grokinterp.experiments.pipeline.main_job`."""
-    return main_job(
-        preset, out=out, overrides=overrides, device=device, progress=progress, light=light
-    )
+# ``grokinterp run``: train (resuming if the run exists), analyse every checkpoint with every
+# analysis that applies, write the report.
+run = main_job
 
 
 def _open(run: Run | str | Path) -> Run:
@@ -88,46 +79,48 @@ def report(
     return build_report(runs, out, light=light, threshold=threshold, recompute=recompute)
 
 
-def ls(root: str | Path = "checkpoints") -> list[dict[str, Any]]:
-    """``grokinterp ls``: one dict per run under ``root`` (path, task, model, steps,
-    checkpoints, final accuracies, ``fit_step``/``generalize_step`` at the default threshold,
-    size); an unreadable run gets ``error`` instead."""
+def run_overview(path: str | Path) -> dict[str, Any]:
+    """One run's line of ``grokinterp ls``: path, task, model, status, last step, checkpoints,
+    final accuracies, ``fit_step``/``generalize_step`` at the default threshold, size; an
+    unreadable run gets ``error`` instead."""
+    try:
+        r = Run.open(path)
+        metrics = r.metrics
+        n_checkpoints, size = len(r.steps), r.size_bytes()
+    except (GrokinterpError, OSError) as e:
+        return {"path": str(path), "error": str(e)}
+    last = metrics[-1] if metrics else {}
+    times = grok_times(metrics)
+    return {
+        "path": str(path),
+        "task": r.config.task.name,
+        "p": r.config.task.params.get("p"),
+        "model": r.config.model.name,
+        "status": r.info.get("status"),
+        "step": last.get("step"),
+        "checkpoints": n_checkpoints,
+        "train_acc": last.get("train_acc"),
+        "test_acc": last.get("test_acc"),
+        "fit_step": times.fit_step,
+        "generalize_step": times.generalize_step,
+        "threshold": times.threshold,
+        "size_mb": size / 1e6,
+    }
+
+
+def find_runs(root: str | Path) -> list[Path]:
+    """``root`` itself if it is a run, else every run folder below it, sorted."""
     root = Path(root)
     if not root.exists():
         raise GrokinterpError(f"{root} does not exist")
-    paths = (
-        [root]
-        if (root / "run.json").is_file()
-        else sorted(p.parent for p in root.rglob("run.json"))
-    )
-    rows: list[dict[str, Any]] = []
-    for path in paths:
-        try:
-            r = Run.open(path)
-            metrics = r.metrics
-        except GrokinterpError as e:
-            rows.append({"path": str(path), "error": str(e)})
-            continue
-        last = metrics[-1] if metrics else {}
-        times = grok_times(metrics)
-        rows.append(
-            {
-                "path": str(path),
-                "task": r.config.task.name,
-                "p": r.config.task.params.get("p"),
-                "model": r.config.model.name,
-                "status": r.info.get("status"),
-                "step": last.get("step"),
-                "checkpoints": len(r.steps),
-                "train_acc": last.get("train_acc"),
-                "test_acc": last.get("test_acc"),
-                "fit_step": times.fit_step,
-                "generalize_step": times.generalize_step,
-                "threshold": times.threshold,
-                "size_mb": r.size_bytes() / 1e6,
-            }
-        )
-    return rows
+    if (root / "run.json").is_file():
+        return [root]
+    return sorted(p.parent for p in root.rglob("run.json"))
+
+
+def ls(root: str | Path = "checkpoints") -> list[dict[str, Any]]:
+    """``grokinterp ls``: :func:`run_overview` of every run under ``root``."""
+    return [run_overview(p) for p in find_runs(root)]
 
 
 def tickets(run: Run | str | Path, at: int | str = "final", **kwargs: Any):

@@ -16,7 +16,8 @@ shapes, ``.item()``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,13 @@ from torch.func import functional_call, vmap
 
 from grokinterp.config import GrokinterpError
 
-__all__ = ["CheckpointBatch", "map_checkpoints", "resolve_device", "stack_states"]
+__all__ = [
+    "CheckpointBatch",
+    "last_position_only",
+    "map_checkpoints",
+    "resolve_device",
+    "stack_states",
+]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -44,6 +51,26 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise GrokinterpError("device 'cuda' was asked for but torch sees no CUDA GPU")
     return dev
+
+
+@contextmanager
+def last_position_only(model: nn.Module, on: bool = True) -> Iterator[None]:
+    """With ``on``, a grokinterp transformer computes its last block at the last position only
+    (the model's ``last_position_only`` switch, which the trainer uses too): logits, and the last
+    block's activations at that position, are unchanged for a third of the work on Nanda et al.'s
+    3-token inputs. Other models are left as they are; the model's own setting is restored."""
+    if not on or not hasattr(type(model), "last_position_only"):
+        yield
+        return
+    before = model.__dict__.get("last_position_only")
+    model.last_position_only = True
+    try:
+        yield
+    finally:
+        if before is None:
+            del model.last_position_only
+        else:
+            model.last_position_only = before
 
 
 def stack_states(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:

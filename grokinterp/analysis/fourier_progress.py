@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from grokinterp.analysis import fourier as F
-from grokinterp.analysis.batch import CheckpointBatch
+from grokinterp.analysis.batch import CheckpointBatch, last_position_only
 from grokinterp.analysis.curves import (
     excluded_rise,
     grok_times,
@@ -93,12 +93,6 @@ def fourier_applies(run: Any) -> str | None:
     return None
 
 
-def _last_position(t: Tensor, hook: Any) -> Tensor:
-    # contiguous: a strided [b, 1, d] slice makes the vmapped `x @ W_in` broadcast W_in over the
-    # batch (a [C, b, d, d_mlp] copy, measured 6x slower) instead of folding b into one GEMM.
-    return t[:, -1:].contiguous()
-
-
 class FourierContext:
     """Everything about a run that does not change between checkpoints: the group re-indexing,
     the grid inputs, train/test index sets, labels and the key frequencies."""
@@ -150,12 +144,9 @@ class FourierContext:
             acts[hook.name] = t[:, -1] if t.ndim == 3 else t  # transformer: last position
 
         hooks = [(name, keep) for name in self.hook_names]
-        if self.model_name == "transformer":
-            # Only the last position is read out, and the last layer's MLP never feeds another
-            # position: run it (and everything after it) on the last position only (3x less work).
-            last = self.n_layers - 1
-            hooks.insert(0, (f"blocks.{last}.hook_resid_mid", _last_position))
-        with torch.no_grad():
+        # Only the last position is read out, and the last layer's MLP never feeds another
+        # position: the transformer runs its last block at the last position only (3x less work).
+        with torch.no_grad(), last_position_only(model):
             logits = model.run_with_hooks(x, fwd_hooks=hooks)
         rows = self.grid_rows.to(logits.device)
         neurons = torch.cat([acts[name] for name in self.hook_names], dim=-1)[rows]

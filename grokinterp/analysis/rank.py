@@ -18,14 +18,13 @@ matrices at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from grokinterp.analysis.batch import CheckpointBatch
+from grokinterp.analysis.batch import CheckpointBatch, last_position_only
 from grokinterp.analysis.complexity import preactivation_hooks
 from grokinterp.analysis.curves import drop_step, transition_step
 from grokinterp.analysis.inputs import model_inputs, sample_split
@@ -242,22 +241,6 @@ def batched_ranks(
 # ---------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _last_position_only(model: nn.Module, on: bool) -> Iterator[None]:
-    """With ``on``, a grokinterp transformer's last block computes only the last position (its
-    ``last_position_only`` switch): the same features at that position for a third of the work
-    (Nanda et al.'s 3-token inputs) when nothing else is read."""
-    if not on or not hasattr(model, "last_position_only"):
-        yield
-        return
-    before = model.last_position_only
-    model.last_position_only = True
-    try:
-        yield
-    finally:
-        model.last_position_only = before
-
-
 def rank_applies(run: Any) -> str | None:
     """None if ``rank`` applies: a checkpoint, and hidden layers (every grokinterp model has an
     activation module per hidden layer; a model without any fails with a clear error when
@@ -318,7 +301,7 @@ def make_rank(
         return out
 
     def at_steps(batch: CheckpointBatch) -> dict[str, Tensor]:
-        with _last_position_only(batch.model, position == -1):
+        with last_position_only(batch.model, position == -1):
             feats = batch.apply(
                 lambda model, xs: layer_features(model, xs, residual=residual, position=position),
                 model_inputs(x, batch.model),

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from grokinterp.analysis.batch import map_checkpoints
+from grokinterp.analysis.batch import last_position_only, map_checkpoints
 from grokinterp.config import GrokinterpError
 
 __all__ = [
@@ -84,24 +83,6 @@ def ablated_accuracy(model: nn.Module, x: Tensor, y: Tensor, layer: int, keep: T
 LEVELS = {"cpu": 2, "cuda": 3}
 # Bytes of masked activations ([checkpoints, candidates, points, d_mlp]) per forward pass.
 _MEMORY = {"cpu": 256 << 20, "cuda": 8 << 30}
-
-
-@contextmanager
-def _last_position_only(model: nn.Module):
-    """A transformer computes its last block at the last position only (the logits read nothing
-    else, so they do not change); other models are left as they are."""
-    if not hasattr(type(model), "last_position_only"):
-        yield
-        return
-    before = model.__dict__.get("last_position_only")
-    model.last_position_only = True
-    try:
-        yield
-    finally:
-        if before is None:
-            del model.last_position_only
-        else:
-            model.last_position_only = before
 
 
 def _subtree(lo: int, hi: int, levels: int) -> list[int]:
@@ -229,7 +210,7 @@ def batched_topk(
 
         return vmap(one)(masks)
 
-    with _last_position_only(model):
+    with last_position_only(model):
         while True:
             needs = [s.needs() for s in states]
             active = [c for c, ks in enumerate(needs) if ks]

@@ -24,8 +24,9 @@ def _acc(v) -> str:
 
 
 def runs_table(paths: list[Path], title: str = "runs") -> Table:
-    from grokinterp.analysis.curves import DEFAULT_THRESHOLD, grok_times
-    from grokinterp.store import Run
+    """:func:`grokinterp.api.run_overview` of each run, as a table that fits 80 columns."""
+    from grokinterp.analysis.curves import DEFAULT_THRESHOLD
+    from grokinterp.api import run_overview
 
     pct = f"{DEFAULT_THRESHOLD:.0%}"
     table = Table(
@@ -44,29 +45,23 @@ def runs_table(paths: list[Path], title: str = "runs") -> Table:
         table.add_column(col, no_wrap=True)
     for col in ("steps", "ckpts", "train", "test", "fit", "gen.", "MB"):
         table.add_column(col, justify="right", no_wrap=True)
+    fmt = lambda v: "—" if v is None else str(v)  # noqa: E731
     for path in paths:
-        try:
-            run = Run.open(path)
-            rows = run.metrics
-            n_steps = len(run.steps)
-            size = run.size_bytes()
-        except (GrokinterpError, OSError) as e:
-            table.add_row(str(path), f"[red]unreadable: {escape(str(e))}[/]", *[""] * 8)
+        r = run_overview(path)
+        if "error" in r:
+            table.add_row(str(path), f"[red]unreadable: {escape(r['error'])}[/]", *[""] * 8)
             continue
-        last = rows[-1] if rows else {}
-        times = grok_times(rows, DEFAULT_THRESHOLD)
-        fmt = lambda v: "—" if v is None else str(v)  # noqa: E731
         table.add_row(
             _short_path(path),
-            f"{run.config.task.name} {run.config.task.params.get('p', '')}".strip(),
-            run.config.model.name,
-            fmt(last.get("step")),
-            str(n_steps),
-            _acc(last.get("train_acc")),
-            _acc(last.get("test_acc")),
-            fmt(times.fit_step),
-            fmt(times.generalize_step),
-            f"{size / 1e6:.1f}",
+            f"{r['task']} {fmt(r['p']) if r['p'] is not None else ''}".strip(),
+            r["model"],
+            fmt(r["step"]),
+            str(r["checkpoints"]),
+            _acc(r["train_acc"]),
+            _acc(r["test_acc"]),
+            fmt(r["fit_step"]),
+            fmt(r["generalize_step"]),
+            f"{r['size_mb']:.1f}",
         )
     return table
 
@@ -79,18 +74,14 @@ def _short_path(path: Path) -> str:
         return str(path)
 
 
-def find_runs(root: Path) -> list[Path]:
-    if (root / "run.json").is_file():
-        return [root]
-    return sorted(p.parent for p in root.rglob("run.json"))
-
-
 @app.command("ls")
 @friendly
 def ls_cmd(
     directory: Path = typer.Argument(Path("checkpoints"), help="Folder to search for runs."),
 ) -> None:
     """List runs: task, steps, final accuracies, fit / generalize steps (95% accuracy), size."""
+    from grokinterp.api import find_runs
+
     try:
         if not directory.exists():
             raise GrokinterpError(f"{directory} does not exist")
