@@ -37,12 +37,57 @@ from grokinterp.training import train
 def spread(steps: list[int], k: int) -> list[int]:
     if len(steps) <= k:
         return list(steps)
+    if k <= 1 or len(steps) == 1:
+        return steps[-1:]
     return [steps[round(i * (len(steps) - 1) / (k - 1))] for i in range(k)]
 
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def warm_up(run: Run, device: str) -> float:
+    """What every process pays once before its first analysis (CUDA context, the cuBLAS and
+    cuSOLVER libraries, the first forward): timed apart, as process start-up."""
+    sync(device)
+    t = time.perf_counter()
+    a = torch.randn(64, 64, device=device, dtype=torch.float64)
+    torch.linalg.eigvalsh(a @ a.T)
+    torch.linalg.svdvals(a.float())
+    model = run.model(run.steps[0]).to(device)
+    with torch.no_grad():
+        model(run.task().x_test[:8].to(device))
+    sync(device)
+    return time.perf_counter() - t
+
+
+def write_profile(run: Run, names: list[str], device: str, path: Path) -> None:
+    """Each analysis once more (from scratch) under torch.profiler and cProfile."""
+    import cProfile
+    import io
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    parts = []
+    for name in names:
+        prof_py = cProfile.Profile()
+        with profile(activities=acts) as prof:
+            prof_py.enable()
+            over_training(run, [name], progress=False, device=device, force=True)
+            sync(device)
+            prof_py.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof_py, stream=buf).sort_stats("tottime").print_stats(12)
+        parts.append(
+            f"===== {name}\n{prof.key_averages().table(sort_by=sort, row_limit=15)}\n"
+            f"{buf.getvalue()}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
 
 
 def main() -> int:
@@ -55,6 +100,9 @@ def main() -> int:
     ap.add_argument("--only", default=None, help="comma-separated analyses (default: all)")
     ap.add_argument("--old-checkpoints", type=int, default=8)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--profile", type=Path, help="write each analysis's profile (top ops, Python) to this file"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,6 +129,8 @@ def main() -> int:
             f"device {device}, {torch.get_num_threads()} threads",
             flush=True,
         )
+        warmup_s = warm_up(run, device)
+        print(f"  device warm-up (CUDA context, cuBLAS/cuSOLVER load): {warmup_s:.2f} s")
         rows = {}
         for name in names:
             sync(device)
@@ -133,12 +183,15 @@ def main() -> int:
             "old_over_train": total_old / t_train,
             "all_cached_s": all_cached,
             "all_cached_computed": sum(again.computed.values()),
+            "warmup_s": warmup_s,
         }
         print(
             f"total: new {total_new:.1f} s = {total_new / t_train:.2f}x training; old "
             f"{total_old:.1f} s = {total_old / t_train:.1f}x training; second call "
             f"{all_cached:.2f} s ({summary['all_cached_computed']} computed)"
         )
+        if args.profile:
+            write_profile(run, names, device, args.profile)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(summary, indent=2))

@@ -117,7 +117,7 @@ class PlainLoop:
         self.step = 0
 
     def train_step(self) -> None:
-        loss = F.cross_entropy(self.model(self.x), self.y)
+        loss = F.cross_entropy(self.model(self.x)[:, -1], self.y)  # TL's logits[:, -1]
         loss.backward()
         self.opt.step()
         self.sched.step()
@@ -126,7 +126,7 @@ class PlainLoop:
 
     @torch.no_grad()
     def test_acc(self) -> float:
-        return (self.model(self.x_test).argmax(-1) == self.y_test).float().mean().item()
+        return (self.model(self.x_test)[:, -1].argmax(-1) == self.y_test).float().mean().item()
 
 
 def interleaved(

@@ -29,6 +29,7 @@ _LAZY = {
     "tickets": "grokinterp.api",
     "transfer": "grokinterp.api",
     "sweep": "grokinterp.api",
+    "reproduce": "grokinterp.api",
     "import_run": "grokinterp.api",
 }
 

@@ -15,22 +15,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from grokinterp.analysis import Results, applicable, over_training
+# Only light modules at the top (no torch, no TransformerLens): `grokinterp ls` and `--help` go
+# through this module. What trains, analyses or renders is imported by the function that needs
+# it, and run / train / train_seeds / import_run on first access (``__getattr__`` below).
 from grokinterp.analysis.curves import DEFAULT_THRESHOLD, grok_times
 from grokinterp.config import GrokinterpError, RunConfig
-from grokinterp.experiments.pipeline import main_job
-from grokinterp.report.html import ReportResult, build_report
-from grokinterp.store import Run, import_run
-from grokinterp.training import train, train_seeds
+from grokinterp.store import Run
+
+if TYPE_CHECKING:
+    from grokinterp.analysis import Results
+    from grokinterp.experiments.pipeline import main_job as run
+    from grokinterp.report.html import ReportResult
+    from grokinterp.store.importers import import_run
+    from grokinterp.training import train, train_seeds
 
 __all__ = [
     "analyze",
     "import_run",
     "find_runs",
+    "log_analysis",
     "ls",
     "report",
+    "reproduce",
+    "reproduction_plan",
     "run_overview",
     "run",
     "sweep",
@@ -41,9 +50,24 @@ __all__ = [
 ]
 
 
-# ``grokinterp run``: train (resuming if the run exists), analyse every checkpoint with every
-# analysis that applies, write the report.
-run = main_job
+# ``grokinterp run`` (:func:`grokinterp.experiments.pipeline.main_job`): train (resuming if the run
+# exists), analyse every checkpoint with every analysis that applies, write the report.
+# ``train`` / ``train_seeds`` are :mod:`grokinterp.training`'s, ``import_run`` the store's.
+_LAZY = {
+    "run": ("grokinterp.experiments.pipeline", "main_job"),
+    "train": ("grokinterp.training", "train"),
+    "train_seeds": ("grokinterp.training", "train_seeds"),
+    "import_run": ("grokinterp.store.importers", "import_run"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _open(run: Run | str | Path) -> Run:
@@ -61,10 +85,27 @@ def analyze(
 ) -> Results:
     """``grokinterp analyze``: ``analyses`` (default: every one that applies) over every
     checkpoint, batched and cached (see :func:`grokinterp.analysis.over_training`)."""
+    from grokinterp.analysis import applicable, over_training
+
     run = _open(run)
     if analyses is None:
         analyses = [n for n, reason in applicable(run).items() if reason is None]
     return over_training(run, analyses, steps, device=device, force=force, progress=progress)
+
+
+def log_analysis(
+    run: Run | str | Path,
+    trackers: Sequence[str] | str | None = None,
+    results: Results | None = None,
+    **kwargs: Any,
+) -> dict[str, int]:
+    """``grokinterp analyze RUN --log tensorboard,wandb``: push the per-checkpoint analysis curves
+    (Gini, restricted / excluded loss, rank, complexity, norms, ...) to the run's TensorBoard /
+    W&B run, beside its training metrics; ``trackers`` defaults to the run's ``train.log``
+    (keyword arguments of :func:`grokinterp.experiments.tracking.log_analysis`)."""
+    from grokinterp.experiments.tracking import log_analysis as push
+
+    return push(_open(run), trackers, results, **kwargs)
 
 
 def report(
@@ -76,6 +117,8 @@ def report(
     recompute: bool = True,
 ) -> ReportResult:
     """``grokinterp report``: the HTML report of one run (or a comparison) and summary.json."""
+    from grokinterp.report.html import build_report
+
     return build_report(runs, out, light=light, threshold=threshold, recompute=recompute)
 
 
@@ -148,3 +191,20 @@ def sweep(base: RunConfig | None, grid: Sequence[str] | None, out_dir: str | Pat
     from grokinterp.experiments.sweep import run_sweep
 
     return run_sweep(base, grid, out_dir, **kwargs)
+
+
+def reproduce(papers: str | Sequence[str] = "all", **kwargs: Any):
+    """``grokinterp reproduce``: run the seed papers' reproductions (``"all"``, a key or a comma
+    list) at ``size="cpu" | "paper"`` and write each paper's report.html and verdict.json and
+    VERDICTS.md (keyword arguments of :func:`grokinterp.experiments.reproductions.reproduce`)."""
+    from grokinterp.experiments.reproductions import reproduce as run_reproductions
+
+    return run_reproductions(papers, **kwargs)
+
+
+def reproduction_plan(papers: str | Sequence[str] = "all", **kwargs: Any) -> list[dict[str, Any]]:
+    """``grokinterp reproduce --dry-run``: what would be trained, every config validated
+    (keyword arguments of :func:`grokinterp.experiments.reproductions.plan`)."""
+    from grokinterp.experiments.reproductions import plan
+
+    return plan(papers, **kwargs)

@@ -1,3 +1,4 @@
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 class NotebookResult:
     outputs: list
     elapsed: float
+    summary: dict | None = None  # the JSON line printed by the cell tagged "summary"
+    path: Path | None = None  # the executed copy
 
     @property
     def text(self) -> str:
@@ -52,19 +55,53 @@ class NotebookResult:
     def n_figures(self) -> int:
         return sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in self.outputs)
 
+    @property
+    def n_images(self) -> int:
+        """Figures that also carry a static PNG (what GitHub and nbviewer show)."""
+        return sum(
+            {"application/vnd.plotly.v1+json", "image/png"} <= set(o.get("data", {}))
+            for o in self.outputs
+        )
+
+
+# Every variable the notebooks read: cleared so that the caller's environment never leaks in.
+NOTEBOOK_ENV = (
+    "GROKINTERP_NB_DIR",
+    "GROKINTERP_DEMO_RUN",
+    "GROKINTERP_DIGITS_RUN",
+    "GROKINTERP_TICKETS_DIR",
+    "GROKINTERP_TRANSFER_DIR",
+    "GROKINTERP_FAST",
+)
+
+
+def static_images_available() -> bool:
+    """kaleido and a system Chromium are present, so executed notebooks carry PNGs."""
+    import importlib.util
+
+    from grokinterp.report.export import find_chromium
+
+    return importlib.util.find_spec("kaleido") is not None and find_chromium() is not None
+
 
 @pytest.fixture
-def run_notebook(monkeypatch):
-    """Execute ``notebooks/<name>`` top to bottom with nbclient (as a user would), with the given
-    environment variables; fails on any cell error."""
+def run_notebook(monkeypatch, tmp_path):
+    """Execute a *copy* of ``notebooks/<name>`` in ``tmp_path/<where>`` (the kernel's working
+    directory), as a user would after copying it out of the repository, with the given
+    environment variables; fails on any cell error. The notebooks' default run folder is
+    redirected into ``tmp_path/cache`` (``XDG_CACHE_HOME``)."""
 
-    def run(name: str, timeout: int = 300, **env: str) -> NotebookResult:
+    def run(name: str, timeout: int = 300, where: str = "nb", **env: str) -> NotebookResult:
         nbformat = pytest.importorskip("nbformat")
         nbclient = pytest.importorskip("nbclient")
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        for key in NOTEBOOK_ENV:
+            monkeypatch.delenv(key, raising=False)
         for key, value in env.items():
             monkeypatch.setenv(key, str(value))
-        path = ROOT / "notebooks" / name
+        (tmp_path / where).mkdir(parents=True, exist_ok=True)
+        path = Path(shutil.copy(ROOT / "notebooks" / name, tmp_path / where / name))
         nb = nbformat.read(path, as_version=4)
         client = nbclient.NotebookClient(
             nb,
@@ -74,9 +111,16 @@ def run_notebook(monkeypatch):
         )
         start = time.perf_counter()
         client.execute()
+        elapsed = time.perf_counter() - start
+        nbformat.write(nb, path)  # kept for inspection
         outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
         assert not any(o.get("output_type") == "error" for o in outputs)
-        return NotebookResult(outputs, time.perf_counter() - start)
+        summary = None
+        for cell in nb.cells:
+            if "summary" in cell.get("metadata", {}).get("tags", []):
+                lines = [o["text"] for o in cell.outputs if o.get("name") == "stdout"]
+                summary = json.loads("".join(lines).strip().splitlines()[-1])
+        return NotebookResult(outputs, elapsed, summary, path)
 
     return run
 

@@ -100,7 +100,7 @@ def test_embedding_gradient_is_deterministic_on_2_threads():
     for threads in (1, 2, 2, 2, 2, 2):
         with cpu_determinism(threads):
             model.zero_grad()
-            loss_fn("cross_entropy", model(task.x_train), task.y_train).backward()
+            loss_fn("cross_entropy", model(task.x_train)[:, -1], task.y_train).backward()
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
     for g in grads[1:]:
         for k in g:

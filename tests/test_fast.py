@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from grokinterp.config import GrokinterpError, ModelConfig, RunConfig, apply_overrides, load_preset
+from grokinterp.models import class_logits
 from grokinterp.models.functional import FastForward, gather_rows, make_gather, matmul_precision
 from grokinterp.store import Run
 from grokinterp.store.writer import AsyncWriter, materialize, to_host
@@ -76,7 +77,7 @@ def test_fast_forward_and_gradients_match_module(name, gemm_backward):
     x, y = task.x_train, task.y_train
     if task.input_kind == "vector":
         x = x.to(model.unembed.W_U.dtype)
-    ref_loss = loss_fn("cross_entropy", model(x), y)
+    ref_loss = loss_fn("cross_entropy", class_logits(model, x), y)
     ref_grads = torch.autograd.grad(ref_loss, list(model.parameters()))
     params = {k: p.unsqueeze(0) for k, p in model.named_parameters()}
     logits = ff.logits(params, ff.prepare(x))
@@ -84,7 +85,7 @@ def test_fast_forward_and_gradients_match_module(name, gemm_backward):
     loss = per_seed_loss("cross_entropy", logits, y).sum()
     grads = torch.autograd.grad(loss, list(model.parameters()))
     tol = 1e-5 if cfg.train.dtype == "float32" else 1e-12
-    torch.testing.assert_close(logits[0], model(x), rtol=tol, atol=tol)
+    torch.testing.assert_close(logits[0], class_logits(model, x), rtol=tol, atol=tol)
     for (k, _), g, r in zip(model.named_parameters(), grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=tol, msg=f"gradient of {k}")
 

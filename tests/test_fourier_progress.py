@@ -98,9 +98,9 @@ def test_per_checkpoint_matches_direct_computation(runs):
     ctx = FourierContext(task, "transformer", 1)
     logits, neurons = ctx.evaluate(model)
     # the last-position shortcut of evaluate() does not change the logits
-    torch.testing.assert_close(logits, model(ctx.x_all))
+    torch.testing.assert_close(logits, model(ctx.x_all)[:, -1])
     grid = F.group_indexing("add", 7).grid_tokens(eq_token=7)
-    L = model(grid)
+    L = model(grid)[:, -1]
     labels = (grid[:, 0] + grid[:, 1]) % 7
     assert out["restricted_loss"].item() == pytest.approx(
         F.restricted_loss(L, [2], labels=labels), rel=1e-5

@@ -9,6 +9,7 @@ import random
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 from einops import einsum
@@ -77,7 +78,7 @@ def _pm_forward(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
 def _check_logits(run: Run, step: int, expected_fn) -> None:
     x = _all_inputs()
     with torch.no_grad():
-        got = run.model(step)(x)
+        got = run.model(step)(x)[:, -1]  # TransformerLens's logits[:, -1]
     torch.testing.assert_close(got, expected_fn(x), atol=1e-5, rtol=1e-5)
 
 
@@ -179,7 +180,16 @@ class HookedTransformerConfig:  # mimics transformer-lens 3.x's class (gone in 4
     normalization_type: str | None = None
     seed: int = 999
     dtype: torch.dtype = torch.float32
-    device: str = "cpu"
+    device: str | None = None
+    initializer_range: float = -1.0
+    n_params: int | None = None
+
+    def __post_init__(self):  # as transformer-lens 3.x's: a numpy float and a torch.device
+        if self.initializer_range < 0:
+            self.initializer_range = 0.8 / np.sqrt(self.d_model)
+        self.n_params = self.n_layers * self.d_model * self.d_head * self.n_heads * 4
+        if self.device is None:
+            self.device = torch.device("cpu")
 
 
 def _tl_state(seed: int, biases: bool = True) -> dict[str, torch.Tensor]:
@@ -226,9 +236,10 @@ def _tl_forward(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     return (resid @ sd["unembed.W_U"] + sd["unembed.b_U"])[:, -1]
 
 
-def _save_tl_file(path, states, epochs, cfg=None, train_idx=None):
-    """torch.save with the config class living at its transformer-lens 3.x import path."""
-    mod = types.ModuleType("transformer_lens.HookedTransformerConfig")
+def _save_tl_file(path, states, epochs, cfg=None, train_idx=None, module=None):
+    """torch.save with the config class living at its transformer-lens 3.x import path (or at
+    ``module``)."""
+    mod = types.ModuleType(module or "transformer_lens.HookedTransformerConfig")
     cls = type("HookedTransformerConfig", (HookedTransformerConfig,), {"__module__": mod.__name__})
     cls.__qualname__ = "HookedTransformerConfig"
     mod.HookedTransformerConfig = cls
@@ -261,6 +272,9 @@ def test_tl_demo_import_safe_and_exact(tmp_path):
     train_idx = _save_tl_file(path, states, [99, 199])
     data = load_pickle(path)  # weights_only: no --trust-pickle needed for the demo's config
     assert data["config"].state["d_mlp"] == DM
+    # TL 3's numpy float arrives as a Python number (a stand-in decodes its bytes, runs nothing)
+    init_range = data["config"].state["initializer_range"]
+    assert type(init_range) is float and init_range == pytest.approx(0.8 / math.sqrt(D))
     run = import_run("tl-demo", path, tmp_path / "run")
     assert run.steps == [99, 199]
     for step, sd in zip(run.steps, states, strict=True):
@@ -270,6 +284,42 @@ def test_tl_demo_import_safe_and_exact(tmp_path):
     torch.testing.assert_close(task.x_train, x[train_idx])
     assert len(task.x_test) == P * P - len(train_idx)
     assert run.metrics[-1]["step"] == 199 and "test_acc" in run.metrics[-1]
+
+
+def test_tl3_pickle_holds_the_tl_config_class_and_numpy_scalars(tmp_path):
+    """The fixture is a faithful TL 3.x save: exactly these globals beyond torch's own."""
+    path = tmp_path / "demo.pth"
+    _save_tl_file(path, [_tl_state(0)], [9])
+    unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    assert unsafe == {
+        "transformer_lens.HookedTransformerConfig.HookedTransformerConfig",
+        "numpy.dtype",
+        f"{np.float64(0).__reduce__()[0].__module__}.scalar",
+    }
+
+
+def test_safe_loading_still_refuses_other_classes(tmp_path):
+    # another class than TL 3's config, even under transformer_lens
+    path = tmp_path / "other.pth"
+    _save_tl_file(path, [_tl_state(0)], [9], module="transformer_lens.EvilConfig")
+    with pytest.raises(GrokinterpError) as info:
+        import_run("tl-demo", path, tmp_path / "run")
+    msg = str(info.value)
+    assert (
+        "class transformer_lens.EvilConfig.HookedTransformerConfig is not on the allow-list" in msg
+    )
+    assert "--trust-pickle" in msg and "\x1b" not in msg  # no ANSI codes from torch's message
+    assert not (tmp_path / "run").exists()
+    # numpy scalars: numbers only
+    torch.save({"model": _tl_state(0), "config": {"name": np.str_("x")}}, path)
+    with pytest.raises(GrokinterpError, match="dtype 'U1' is not allowed"):
+        load_pickle(path)
+    torch.save({"model": _tl_state(0), "config": {"grid": np.zeros(2)}}, path)
+    with pytest.raises(GrokinterpError, match="_reconstruct is not on the allow-list"):
+        load_pickle(path)
+    # with --trust-pickle the other class is read (as an inert stand-in)
+    _save_tl_file(path, [_tl_state(0)], [9], module="transformer_lens.EvilConfig")
+    assert load_pickle(path, trust_pickle=True)["config"].state["d_model"] == D
 
 
 def test_tl_demo_rejects_unrepresentable(tmp_path):

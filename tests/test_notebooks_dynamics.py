@@ -1,4 +1,5 @@
-"""Execute notebooks/03_dynamics.ipynb top to bottom, as users would run it (≤ 3 min on CPU).
+"""Execute notebooks/03_dynamics.ipynb from a copy outside the repository (< 3 min on 2 cores)
+and check that the measured quantities move as the notebook says they do.
 
 It trains the omnigrok-digits preset and uses a copy of the demo run when one exists in
 checkpoints/ (else trains the demo too), so that no shared run's analysis cache is touched.
@@ -6,26 +7,42 @@ checkpoints/ (else trains the demo too), so that no shared run's analysis cache 
 
 import pytest
 
-from tests.conftest import copy_of_demo_run
+from tests.conftest import copy_of_demo_run, static_images_available
 
 
 @pytest.mark.slow
 def test_dynamics_notebook(tmp_path, run_notebook):
-    demo = copy_of_demo_run(tmp_path) or tmp_path / "demo"
+    demo = copy_of_demo_run(tmp_path)
+    env = {"GROKINTERP_DEMO_RUN": demo} if demo else {}  # else the default folder (trained)
     nb = run_notebook(
-        "03_dynamics.ipynb",
-        timeout=600,
-        GROKINTERP_DIGITS_RUN=tmp_path / "digits",
-        GROKINTERP_DEMO_RUN=demo,
+        "03_dynamics.ipynb", timeout=900, GROKINTERP_DIGITS_RUN=tmp_path / "digits", **env
     )
-    text = nb.text
-    assert nb.n_figures == 6
-    assert "grokking ratio" in text and "phases: descent=" in text
-    assert "fit_step" in text and "generalize_step" in text
-    assert "robustness   skipped: PGD robustness needs vector inputs" in text
     for name in ("rank", "complexity", "norms", "robustness"):
         assert (tmp_path / "digits" / "analysis" / f"{name}.safetensors").is_file()
-    # A clear delay on the preset: test accuracy half-way ≥ 3x later than the train set is fitted.
-    ratio = float(text.split("test half-way / train fitted = ")[1].split("x")[0])
-    assert ratio >= 3.0
+    d = nb.summary["digits"]
+    # Omnigrok: memorises first, test accuracy half-way ≥ 3x later than the train set is fitted
+    assert d["grokking_ratio"] >= 3.0
+    # Local complexity (Humayun et al.): the first descent comes in the first ~100 steps, before
+    # anything is fitted; the ascent runs through memorisation and the test-accuracy rise
+    lc = d["complexity"]["train"]
+    assert lc["descent"] and lc["ascent"]
+    assert lc["first_min_step"] <= 150 < d["fit_step"]
+    assert lc["peak_step"] >= d["test_half_step"] and lc["peak_value"] > lc["first_min_value"]
+    # Sparse/dense (Merrill et al.): k is (nearly) the whole layer when the train set is fitted
+    # and falls by the end; the final sparse set overtakes its complement in norm
+    for layer in d["norms"].values():
+        assert layer["k_at_fit"] >= 180 and layer["k_final"] <= 0.6 * 200
+        assert layer["sparse_l2_start"] < layer["dense_l2_start"]
+        assert layer["sparse_l2_final"] > layer["dense_l2_final"]
+    # Delayed robustness: PGD accuracy rises late, after the test accuracy's own half-way point
+    r = d["robustness"]["0.01"]
+    assert r["final"] > r["start"] + 0.5 and r["half_step"] >= d["test_half_step"]
+    # the demo transformer: PGD robustness does not apply to tokens; the others do
+    demo_s = nb.summary["demo"]
+    assert not demo_s["applicable"]["robustness"]
+    assert all(demo_s["applicable"][k] for k in ("rank", "complexity", "norms"))
+    assert 0 < demo_s["norms_k_final"] < demo_s["d_mlp"]
+    assert nb.n_figures == 6
+    if static_images_available():
+        assert nb.n_images == nb.n_figures
     print(f"notebook executed in {nb.elapsed:.0f} s")  # ≤ 3 min on a quiet 2-core machine

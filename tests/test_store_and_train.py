@@ -27,7 +27,7 @@ def test_train_writes_the_documented_run_directory(tmp_path, tiny_config):
     assert not (tmp_path / "r" / "state" / "latest.pt").exists()  # no pickle
     reopened = Run.open(tmp_path / "r")
     model = reopened.model(30)
-    assert model(reopened.task().x_test[:4]).shape == (4, 11)
+    assert model(reopened.task().x_test[:4]).shape == (4, 3, 11)  # [batch, pos, d_vocab_out]
     assert not list((tmp_path / "r").rglob(".*tmp*"))  # no temporary files left behind
 
 

@@ -62,9 +62,9 @@ def test_bridge_logits_and_activations_match(p, n_layers, normalization):
     with torch.no_grad():
         ours, cache = model.run_with_cache(x)
         theirs, bcache = bridge.run_with_cache(x)
-    assert ours.shape == (p * p, p) and theirs.shape == (p * p, 3, p)
+    assert ours.shape == theirs.shape == (p * p, 3, p)  # TransformerLens's logits convention
     assert ours.std() > 0.1  # logits are large enough for TOL to mean something
-    torch.testing.assert_close(theirs[:, -1], ours, atol=TOL, rtol=0)
+    torch.testing.assert_close(theirs, ours, atol=TOL, rtol=0)
     names = ["hook_embed", "hook_pos_embed"]
     for i in range(n_layers):
         names += [
@@ -84,7 +84,7 @@ def test_bridge_matches_with_last_position_only_output_scale_and_factorized_embe
     x = task.x_test
     bridge = to_transformer_bridge(model)
     with torch.no_grad():
-        torch.testing.assert_close(_bridge_last(bridge, x), model(x), atol=TOL, rtol=0)
+        torch.testing.assert_close(_bridge_last(bridge, x), model(x)[:, -1], atol=TOL, rtol=0)
     assert torch.equal(
         bridge.state_dict()["embed.weight"], (model.embed.W_A @ model.embed.W_B).detach()
     )
@@ -99,7 +99,7 @@ def test_bridge_without_mlp_bias_and_gelu():
     )
     with torch.no_grad():
         torch.testing.assert_close(
-            _bridge_last(bridge, task.x_train), model(task.x_train), atol=TOL, rtol=0
+            _bridge_last(bridge, task.x_train), model(task.x_train)[:, -1], atol=TOL, rtol=0
         )
 
 
@@ -145,7 +145,7 @@ def test_from_native_bridge_matches_its_logits():
     model = from_transformer_bridge(bridge, task)
     x = _all_inputs(p)
     with torch.no_grad():
-        ours = model(x)
+        ours = model(x)[:, -1]
         torch.testing.assert_close(ours, _bridge_last(bridge, x), atol=TOL, rtol=0)
     assert ours.std() > 0.1
 
@@ -181,7 +181,7 @@ def test_run_with_cache_names_and_shapes(p, n_layers):
     n = p * p
     with torch.no_grad():
         logits, cache = model.run_with_cache(x)
-    assert logits.shape == (n, p)
+    assert logits.shape == (n, 3, p)
     expected = {"hook_embed": (n, 3, D), "hook_pos_embed": (n, 3, D)}
     for i in range(n_layers):
         expected |= {
@@ -199,7 +199,7 @@ def test_run_with_cache_names_and_shapes(p, n_layers):
     # hook_post is ReLU(hook_pre); the last resid_post read through W_U gives the logits
     last = f"blocks.{n_layers - 1}"
     torch.testing.assert_close(cache[f"{last}.mlp.hook_post"], cache[f"{last}.mlp.hook_pre"].relu())
-    torch.testing.assert_close(cache[f"{last}.hook_resid_post"][:, -1] @ model.unembed.W_U, logits)
+    torch.testing.assert_close(cache[f"{last}.hook_resid_post"] @ model.unembed.W_U, logits)
 
 
 def test_run_with_hooks_ablation_equals_zeroed_w_out():

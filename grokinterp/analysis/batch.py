@@ -29,11 +29,21 @@ from grokinterp.config import GrokinterpError
 
 __all__ = [
     "CheckpointBatch",
+    "class_logits",
     "last_position_only",
     "map_checkpoints",
     "resolve_device",
     "stack_states",
 ]
+
+
+def class_logits(model: nn.Module, x: Tensor, fwd_hooks: Sequence[tuple[Any, Any]] = ()) -> Tensor:
+    """:func:`grokinterp.models.class_logits`, imported on the first call: ``grokinterp.models``
+    imports TransformerLens (seconds), which the analysis modules must not do at import time —
+    a report read from the cache loads them all and builds no model (issue 16)."""
+    from grokinterp.models import class_logits as _class_logits
+
+    return _class_logits(model, x, fwd_hooks)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -173,8 +183,9 @@ class CheckpointBatch:
     def forward(
         self, x: Tensor, hooks: Sequence[str] = (), *, vectorize: bool = True
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Logits ``[C, ...]`` of every checkpoint on inputs ``x`` and the activations at the
-        TransformerLens hook points ``hooks`` (``{name: Tensor[C, ...]}``), in one call."""
+        """Class logits ``[C, N, n_classes]`` (:func:`~grokinterp.models.class_logits`) of every
+        checkpoint on inputs ``x`` and the activations at the TransformerLens hook points
+        ``hooks`` (``{name: Tensor[C, ...]}``), in one call."""
         names = list(hooks)
 
         def run(model: nn.Module, inputs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -183,10 +194,7 @@ class CheckpointBatch:
             def keep(t: Tensor, hook: Any) -> None:
                 acts[hook.name] = t
 
-            if names:
-                logits = model.run_with_hooks(inputs, fwd_hooks=[(n, keep) for n in names])
-            else:
-                logits = model(inputs)
+            logits = class_logits(model, inputs, fwd_hooks=[(n, keep) for n in names])
             return logits, {n: acts[n] for n in names}
 
         return self.apply(run, x, vectorize=vectorize)

@@ -36,7 +36,6 @@ from grokinterp.analysis.curves import complexity_phases
 from grokinterp.analysis.inputs import domain_points, model_inputs, sample_split
 from grokinterp.analysis.registry import Measure, register_analysis
 from grokinterp.config import GrokinterpError
-from grokinterp.models import ACTIVATION_TYPES as MODEL_ACTIVATIONS
 
 __all__ = [
     "ACTIVATION_TYPES",
@@ -55,12 +54,14 @@ __all__ = [
     "preactivation_hooks",
 ]
 
-# The models' activation classes plus torch's, so that any nn.Module built from activation modules
-# (not only grokinterp's models) is understood.
+# torch's activation classes, so that any nn.Module built from activation modules (not only
+# grokinterp's models) is understood. They include every class of grokinterp.models.ACTIVATIONS
+# (tests/test_fast_start.py checks it); that module is not imported here because it imports
+# TransformerLens, which a report read from the cache must not wait for.
 _TORCH_ACTIVATIONS = "ReLU ReLU6 LeakyReLU PReLU RReLU GELU SiLU Mish ELU CELU SELU Softplus Tanh"
 _TORCH_ACTIVATIONS += " Sigmoid Hardtanh Hardswish Hardsigmoid"
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = tuple(
-    dict.fromkeys((*MODEL_ACTIVATIONS, *(getattr(nn, n) for n in _TORCH_ACTIVATIONS.split())))
+    getattr(nn, n) for n in _TORCH_ACTIVATIONS.split()
 )
 
 # Vertex rows per forward pass when chunk_size is None (measured fastest on CPU: 1-4k rows).

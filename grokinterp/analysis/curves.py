@@ -31,9 +31,11 @@ __all__ = [
     "drop_step",
     "excluded_rise",
     "first_crossing",
+    "generalization_window",
     "grok_times",
     "half_drop_step",
     "half_rise_step",
+    "largest_drop",
     "transition_step",
 ]
 
@@ -160,6 +162,67 @@ def drop_step(steps: Any, values: Any, fraction: float = 0.5, min_drop: float = 
         if v[i] <= target:
             return int(s[i])
     return None
+
+
+def generalization_window(
+    metrics: Sequence[Mapping[str, Any]],
+    threshold: float = DEFAULT_THRESHOLD,
+    span: float = 2.0,
+    onset_level: float = 0.1,
+) -> dict[str, int] | None:
+    """Where a run generalises, and the window of steps "around" it (None if it never does).
+
+    ``generalize_step`` is :func:`grok_times`'s (test accuracy first ≥ ``threshold``);
+    ``onset_step`` is the last evaluation before it at which test accuracy had covered at most
+    ``onset_level`` of its climb from its lowest value (before ``generalize_step``) to the
+    threshold — where the rise starts. The window is ``[onset_step / span, generalize_step ·
+    span]`` (``lo``, ``hi``): a factor on both sides, because the phases of grokking are spread on
+    a log scale of steps (memorisation in the first hundreds, generalisation thousands later), so
+    that a measure's turn inside the window belongs to generalisation and not to memorisation.
+    """
+    threshold = check_level(threshold)
+    if not (isinstance(span, int | float) and span >= 1 and math.isfinite(span)):
+        raise GrokinterpError(f"span={span!r} must be a finite number ≥ 1")
+    gen = grok_times(metrics, threshold).generalize_step
+    if gen is None:
+        return None
+    rows = [m for m in metrics if m.get("test_acc") is not None and int(m["step"]) <= gen]
+    base = min(float(m["test_acc"]) for m in rows)
+    level = base + onset_level * (threshold - base)
+    low = [int(m["step"]) for m in rows if float(m["test_acc"]) <= level and int(m["step"]) < gen]
+    onset = low[-1] if low else int(rows[0]["step"])
+    return {
+        "onset_step": onset,
+        "generalize_step": int(gen),
+        "lo": int(math.floor(onset / span)),
+        "hi": int(math.ceil(gen * span)),
+    }
+
+
+def largest_drop(
+    steps: Any,
+    values: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    fraction: float = 0.5,
+    min_drop: float = 0.05,
+) -> tuple[int | None, float]:
+    """:func:`drop_step` of the part of the curve with ``lo ≤ step ≤ hi``, and the relative size
+    of that fall, ``(max − min after it) / max`` (0.0 when the window has fewer than two points).
+    The step is None when the fall is below ``min_drop`` (no real drop in the window)."""
+    s, v = _floats(steps), _floats(values)
+    keep = [
+        i
+        for i in range(len(s))
+        if (lo is None or s[i] >= lo) and (hi is None or s[i] <= hi) and not math.isnan(v[i])
+    ]
+    if len(keep) < 2:
+        return None, 0.0
+    ws, wv = [s[i] for i in keep], [v[i] for i in keep]
+    i_max = max(range(len(wv)), key=lambda i: wv[i])
+    top = wv[i_max]
+    size = (top - min(wv[i_max:])) / abs(top) if top else 0.0
+    return drop_step(ws, wv, fraction, min_drop), size
 
 
 def half_drop_step(steps: Any, values: Any) -> int | None:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from grokinterp.analysis import fourier as F
-from grokinterp.analysis.batch import CheckpointBatch, last_position_only
+from grokinterp.analysis.batch import CheckpointBatch, class_logits, last_position_only
 from grokinterp.analysis.curves import (
     excluded_rise,
     grok_times,
@@ -44,7 +44,6 @@ from grokinterp.analysis.curves import (
 )
 from grokinterp.analysis.registry import Measure, register_analysis
 from grokinterp.config import GrokinterpError
-from grokinterp.models import effective_embedding
 
 __all__ = [
     "SUMMARY_LABELS",
@@ -147,7 +146,7 @@ class FourierContext:
         # Only the last position is read out, and the last layer's MLP never feeds another
         # position: the transformer runs its last block at the last position only (3x less work).
         with torch.no_grad(), last_position_only(model):
-            logits = model.run_with_hooks(x, fwd_hooks=hooks)
+            logits = class_logits(model, x, fwd_hooks=hooks)
         rows = self.grid_rows.to(logits.device)
         neurons = torch.cat([acts[name] for name in self.hook_names], dim=-1)[rows]
         return logits, neurons.T.reshape(-1, self.n, self.n)
@@ -158,6 +157,8 @@ class FourierContext:
 
     def embedding(self, state: dict[str, Tensor]) -> Tensor:
         """``W_E`` without ``=``, rows in group order ``[..., n, d]`` (float64)."""
+        from grokinterp.models import effective_embedding  # lazy: models import TransformerLens
+
         E = effective_embedding(state)
         return E[..., self.indexing.a_tokens.to(E.device), :].double()
 
@@ -395,16 +396,16 @@ def make_fourier(
         at_step=at_step,
         at_steps=at_steps,
         key={"key_freqs": freqs},
-        chunk=_chunk_for(ctx, run),
+        bytes_per_checkpoint=_bytes_per_checkpoint(ctx, run),
     )
 
 
-def _chunk_for(ctx: FourierContext, run: Any) -> int | None:
-    """Checkpoints per batch so that the chunk's activations stay near 256 MB on a CPU (its
-    caches) — the GPU default (64) fits easily at p = 113."""
+def _bytes_per_checkpoint(ctx: FourierContext, run: Any) -> int:
+    """Activations of one checkpoint in a batch (float32 forward, neurons twice, the float64
+    grid logits): the driver sizes chunks from it (≈ 136 MB at p = 113: one checkpoint per
+    batch on a CPU, 64 on a GPU)."""
     m = run.config.model
-    per_ckpt = 4 * len(ctx.x_all) * (m.n_layers * m.d_mlp * 2 + ctx.p + 3 * m.d_model * 4)
-    return max(1, min(64, (256 << 20) // max(per_ckpt, 1)))
+    return 4 * len(ctx.x_all) * (m.n_layers * m.d_mlp * 2 + ctx.p + 3 * m.d_model * 4)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from grokinterp.analysis.batch import class_logits
 from grokinterp.analysis.tickets import (
     Include,
     magnitude_mask,
@@ -63,7 +64,7 @@ def _params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 def _loss(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn | None, temperature: float = 1.0):
     if not isinstance(x, Tensor) or not isinstance(y, Tensor) or len(x) != len(y) or len(x) == 0:
         raise GrokinterpError("x and y must be non-empty tensors with the same first dimension")
-    logits = model(x) / temperature
+    logits = class_logits(model, x) / temperature
     return (loss_fn or F.cross_entropy)(logits, y)
 
 
@@ -218,7 +219,7 @@ def synflow_scores(
         with torch.no_grad():
             for n, p in ps:
                 p.copy_(abs0[n] * mask[n] if n in mask else abs0[n])
-        out = net.run_with_hooks(inp, fwd_hooks=hooks) if hooks else net(inp)
+        out = class_logits(net, inp, fwd_hooks=hooks)
         r = out.sum()
         grads = torch.autograd.grad(r, [p for _, p in ps], allow_unused=True)
         scores = {}

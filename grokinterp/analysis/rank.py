@@ -25,10 +25,15 @@ import torch
 from torch import Tensor, nn
 
 from grokinterp.analysis.batch import CheckpointBatch, last_position_only
-from grokinterp.analysis.complexity import preactivation_hooks
-from grokinterp.analysis.curves import drop_step, transition_step
+from grokinterp.analysis.complexity import activation_modules, preactivation_hooks
+from grokinterp.analysis.curves import (
+    drop_step,
+    generalization_window,
+    largest_drop,
+    transition_step,
+)
 from grokinterp.analysis.inputs import model_inputs, sample_split
-from grokinterp.analysis.registry import Measure, register_analysis
+from grokinterp.analysis.registry import Measure, cache_info, register_analysis
 from grokinterp.config import GrokinterpError
 
 __all__ = [
@@ -39,6 +44,7 @@ __all__ = [
     "layer_ranks",
     "make_rank",
     "rank_applies",
+    "rank_caps",
     "rank_summary",
     "singular_values",
 ]
@@ -185,6 +191,93 @@ def layer_ranks(
     }
 
 
+def _features_and_inputs(
+    model: nn.Module, x: Tensor, residual: bool, position: int | None
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """:func:`layer_features` and, for every activation module inside a block with ``W_in`` (a
+    grokinterp MLP block, whose pre-activation is ``x_in @ W_in + b_in``), that block's input
+    ``x_in`` reduced like the features: ``({layer: features}, {"pre:<module>": x_in})``. Works
+    under ``vmap`` (hooks only)."""
+    inputs: dict[str, Tensor] = {}
+    handles = []
+
+    def reduce(t: Tensor) -> Tensor:
+        t = t.detach()
+        if t.ndim == 3 and position is not None:
+            return t[:, position]
+        return t if t.ndim == 2 else t.reshape(t.shape[0], -1)
+
+    for name, _ in activation_modules(model):
+        parent_name = name.rpartition(".")[0]
+        parent = model.get_submodule(parent_name) if parent_name else None
+        if parent is None or not hasattr(parent, "W_in"):
+            continue  # not a grokinterp MLP block: its input is not a single linear map's
+
+        def grab(mod: nn.Module, args: tuple, name: str = name) -> None:
+            inputs.setdefault(f"pre:{name}", reduce(args[0]))  # first call only (shared: #k)
+
+        handles.append(parent.register_forward_pre_hook(grab))
+    try:
+        feats = layer_features(model, x, residual=residual, position=position)
+    finally:
+        for h in handles:
+            h.remove()
+    return feats, inputs
+
+
+def _cap_source(
+    width: int, n_eff: int, input_rank: int | None, center: bool, fixed: bool
+) -> tuple[int, str]:
+    """``(cap, source)``: the smallest of the width, the samples and the input's rank bound."""
+    cap, source = min(width, n_eff), ("samples" if n_eff < width else "width")
+    if input_rank is not None:
+        bound = input_rank if center else input_rank + 1  # uncentred, the bias adds a direction
+        if bound < cap:
+            cap, source = bound, ("input data" if fixed else "layer input")
+    return cap, source
+
+
+def rank_caps(
+    model: nn.Module,
+    x: Tensor,
+    rtol: float | None = None,
+    center: bool = True,
+    residual: bool = True,
+    position: int | None = -1,
+) -> dict[str, dict[str, Any]]:
+    """The most each layer's numerical rank can be on ``x``, and why: ``{layer: info}``.
+
+    A pre-activation ``x_in @ W_in + b_in`` has rank at most that of its input ``x_in`` (centred:
+    the bias drops out; uncentred: one more), at most its width, and at most the number of
+    samples (minus one, centred). ``info``: ``width``, ``input_dim`` and ``input_rank`` (of the
+    input of the block holding the activation, i.e. the module with ``W_in``; None where there is
+    no such block), ``cap`` (the smallest bound), ``source`` (``"input data"`` when the input is
+    the data itself, ``"layer input"`` when it is another layer's output, ``"samples"``,
+    ``"width"``) and ``fixed_input``. A layer whose cap comes from the data (e.g. the first layer
+    of an MLP on 8×8 digits: input rank ≤ 64 < width 200) keeps exactly that rank as long as
+    ``W_in`` has full rank on the data's span: its rank *cannot drop* with generalisation (Fan et
+    al. 2024's drop can only show in later layers). Same features and tolerance as
+    :func:`layer_ranks`.
+    """
+    feats, inputs = _features_and_inputs(model, x, residual, position)
+    n_eff = x.shape[0] - (1 if center else 0)
+    out: dict[str, dict[str, Any]] = {}
+    for layer, f in feats.items():
+        inp = inputs.get(layer)
+        fixed = inp is not None and inp.shape == x.shape and torch.equal(inp, x.to(inp.dtype))
+        r_in = None if inp is None else feature_rank(inp, rtol=rtol, center=center)
+        cap, source = _cap_source(int(f.shape[1]), n_eff, r_in, center, fixed)
+        out[layer] = {
+            "width": int(f.shape[1]),
+            "input_dim": None if inp is None else int(inp.shape[1]),
+            "input_rank": r_in,
+            "cap": cap,
+            "source": source,
+            "fixed_input": fixed,
+        }
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Many feature matrices at once
 # ---------------------------------------------------------------------------------------------
@@ -252,20 +345,107 @@ def rank_applies(run: Any) -> str | None:
     return None
 
 
-def rank_summary(run: Any, results: Mapping[str, Tensor]) -> dict[str, Any]:
-    """Per layer (``layers``, in key order): the effective rank at the first checkpoint, its
-    maximum, its final value and the step at which it has fallen half-way from its maximum to the
-    minimum after it (:func:`~grokinterp.analysis.curves.drop_step`; None without a real drop);
-    and the step at which test accuracy is half-way through its jump."""
+def _summary_caps(
+    run: Any, results: Mapping[str, Tensor], layers: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Per layer: ``width``, ``cap`` and ``source`` at the last checkpoint, and the fraction of
+    checkpoints whose numerical rank is at that checkpoint's cap; from the analysis's ``cap/`` and
+    ``input_rank/`` rows and its cache key (widths, which layers read the data). {} for a cache
+    written before caps were recorded (recompute it with ``--force``)."""
+    try:
+        info = cache_info(run, "rank") or {}
+    except (AttributeError, TypeError):  # not a run on disk (a report's planted data)
+        return {}
+    static = (info.get("key") or {}).get("layers") or {}
+    center = (info.get("params") or {}).get("center", True)
+    n_points = (info.get("key") or {}).get("n_points")
+    out: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        cap = results.get(f"cap/{layer}")
+        if cap is None or layer not in static or n_points is None:
+            continue
+        width, fixed = int(static[layer]["width"]), bool(static[layer]["fixed_input"])
+        r_in = results.get(f"input_rank/{layer}")
+        n_eff = int(n_points) - (1 if center else 0)
+        c, source = _cap_source(
+            width, n_eff, None if r_in is None else int(r_in[-1]), center, fixed
+        )
+        num = results.get(f"numerical/{layer}")
+        at_cap = None if num is None else float((num.long() >= cap.long()).double().mean())
+        out[layer] = {"width": width, "cap": c, "source": source, "at_cap": at_cap}
+    return out
+
+
+# A layer "cannot drop" when its cap comes from the fixed data and its numerical rank sits at
+# the cap at (almost) every checkpoint: 90 %, so that the initialisation or one odd checkpoint
+# does not hide it.
+AT_CAP = 0.9
+
+
+def rank_summary(
+    run: Any, results: Mapping[str, Tensor], metrics: list[dict] | None = None
+) -> dict[str, Any]:
+    """Headline numbers of the feature rank (Fan et al. 2024), per layer (``layers``, in key
+    order) unless said otherwise.
+
+    * Around generalisation: ``generalize_step`` (test accuracy ≥ the grokking threshold),
+      ``generalization_onset_step`` (where its rise starts) and ``generalization_window``
+      ``[lo, hi]`` (:func:`~grokinterp.analysis.curves.generalization_window`: the onset / 2 to
+      generalize_step × 2); ``drop_step_near_generalization``, the step at which the effective
+      rank has fallen half-way from its maximum *inside that window* to the minimum after it
+      (None without a fall of ≥ 5 %), and ``drop_fraction_near_generalization``, that fall's
+      relative size. This is Fan et al.'s "rank drop with generalisation"; a fall during
+      memorisation (the first hundred steps) lies outside the window.
+    * ``rank_drop_step``: the same half-way step over the whole run (the largest fall anywhere,
+      often the memorisation transient); ``effective_rank_start`` / ``_max`` / ``_final``.
+    * Caps (:func:`rank_caps` on the last checkpoint): ``layer_width``, ``rank_cap``,
+      ``cap_source``, ``capped`` (cap < width), ``at_cap_fraction`` (checkpoints whose numerical
+      rank is at the cap) and ``cannot_drop``: the layers whose rank is pinned at the rank of
+      the input data (source "input data", at the cap at ≥ 90 % of checkpoints).
+    * ``test_acc_transition_step``: where test accuracy is half-way through its jump.
+
+    ``metrics``: the run's metric rows (default ``run.metrics``).
+    """
+    metrics = run.metrics if metrics is None else metrics
     layers = sorted(k.split("/", 1)[1] for k in results if k.startswith("effective/"))
+    steps = [int(s) for s in results["steps"]] if "steps" in results else list(run.steps)
     curves = [results[f"effective/{name}"].double() for name in layers]
+    window = generalization_window(metrics)
+    near = [
+        largest_drop(steps, v, window["lo"], window["hi"]) if window else (None, 0.0)
+        for v in curves
+    ]
+    caps = _summary_caps(run, results, layers)
+
+    def cap(layer: str, key: str) -> Any:
+        return caps[layer][key] if layer in caps else None
+
+    at_cap = [cap(layer, "at_cap") for layer in layers]
     return {
-        "test_acc_transition_step": transition_step(run.metrics, "test_acc", 0.5),
+        "test_acc_transition_step": transition_step(metrics, "test_acc", 0.5),
+        "generalize_step": window["generalize_step"] if window else None,
+        "generalization_onset_step": window["onset_step"] if window else None,
+        "generalization_window": [window["lo"], window["hi"]] if window else None,
         "layers": layers,
         "effective_rank_start": [float(v[0]) for v in curves],
         "effective_rank_max": [float(v.max()) for v in curves],
         "effective_rank_final": [float(v[-1]) for v in curves],
-        "rank_drop_step": [drop_step(run.steps, v) for v in curves],
+        "drop_step_near_generalization": [d for d, _ in near],
+        "drop_fraction_near_generalization": [f for _, f in near],
+        "rank_drop_step": [drop_step(steps, v) for v in curves],
+        "layer_width": [cap(layer, "width") for layer in layers],
+        "rank_cap": [cap(layer, "cap") for layer in layers],
+        "cap_source": [cap(layer, "source") for layer in layers],
+        "capped": [
+            None if layer not in caps else caps[layer]["cap"] < caps[layer]["width"]
+            for layer in layers
+        ],
+        "at_cap_fraction": at_cap,
+        "cannot_drop": [
+            layer
+            for layer, f in zip(layers, at_cap, strict=True)
+            if cap(layer, "source") == "input data" and f is not None and f >= AT_CAP
+        ],
     }
 
 
@@ -291,19 +471,34 @@ def make_rank(
     ``pre:<activation module>`` or ``resid:blocks.{i}``.
     """
     x, _ = sample_split(run.task(), split, n_samples, seed)
+    # What does not change over training: each layer's width, and whether it reads the data
+    # itself (its rank cap is then the data's rank). From the last checkpoint, once.
+    last = run.model(run.steps[-1])
+    static = {
+        k: {"width": v["width"], "fixed_input": v["fixed_input"]}
+        for k, v in rank_caps(last, model_inputs(x, last), rtol, center, residual, position).items()
+    }
+    n_eff = len(x) - (1 if center else 0)
+    shift = 0 if center else 1  # uncentred, the bias adds a direction
 
     def at_step(step: int, state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-        feats = layer_features(model, model_inputs(x, model), residual=residual, position=position)
+        feats, inputs = _features_and_inputs(model, model_inputs(x, model), residual, position)
         out = {}
         for name, f in feats.items():
             out[f"numerical/{name}"] = torch.tensor(feature_rank(f, rtol=rtol, center=center))
             out[f"effective/{name}"] = torch.tensor(effective_rank(f, center=center))
+            cap = min(int(f.shape[1]), n_eff)
+            if name in inputs:
+                r_in = feature_rank(inputs[name], rtol=rtol, center=center)
+                out[f"input_rank/{name}"] = torch.tensor(r_in)
+                cap = min(cap, r_in + shift)
+            out[f"cap/{name}"] = torch.tensor(cap)
         return out
 
     def at_steps(batch: CheckpointBatch) -> dict[str, Tensor]:
         with last_position_only(batch.model, position == -1):
-            feats = batch.apply(
-                lambda model, xs: layer_features(model, xs, residual=residual, position=position),
+            feats, inputs = batch.apply(
+                lambda model, xs: _features_and_inputs(model, xs, residual, position),
                 model_inputs(x, batch.model),
             )
         out = {}
@@ -311,6 +506,13 @@ def make_rank(
             numerical, effective = batched_ranks(f, rtol=rtol, center=center)
             out[f"numerical/{name}"] = numerical
             out[f"effective/{name}"] = effective.float()  # the reference's dtype
+            cap = torch.full_like(numerical, min(int(f.shape[-1]), n_eff))
+            if name in inputs:
+                r_in = batched_ranks(inputs[name], rtol=rtol, center=center)[0]
+                out[f"input_rank/{name}"] = r_in
+                cap = torch.minimum(cap, r_in + shift)
+            out[f"cap/{name}"] = cap
         return out
 
-    return Measure(at_step=at_step, at_steps=at_steps, key={"n_points": len(x)})
+    # "layers" in the key: caches from before the caps were recorded are recomputed, not merged
+    return Measure(at_step=at_step, at_steps=at_steps, key={"n_points": len(x), "layers": static})

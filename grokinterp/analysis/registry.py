@@ -44,6 +44,13 @@ CACHE_VERSION = 2
 # Checkpoints per batch when neither the caller nor the analysis says: small on a CPU (the
 # per-checkpoint work is already large enough to use the cores), large on a GPU (fills it).
 DEFAULT_CHUNK = {"cpu": 8, "cuda": 64}
+# Memory a chunk may take, for analyses that state their bytes per checkpoint: on a CPU about
+# its caches' size (bigger chunks only spill); on a GPU a share of its free memory.
+CPU_CHUNK_BYTES = 256 << 20
+CUDA_CHUNK_BYTES = 16 << 30
+# The cache is rewritten at most this often while computing (and always at the end): an
+# interrupted analysis keeps what was done, without one rewrite of the whole file per chunk.
+CACHE_WRITE_SECONDS = 2.0
 
 StepFn = Callable[[int, dict[str, Tensor], nn.Module], dict[str, Tensor]]
 BatchFn = Callable[[CheckpointBatch], dict[str, Tensor]]
@@ -70,7 +77,9 @@ class Measure:
     at_step: StepFn
     at_steps: BatchFn | None = None
     key: Mapping[str, Any] = field(default_factory=dict)
-    chunk: int | None = None  # most checkpoints per batch (memory), None = the driver's default
+    chunk: int | None = None  # most checkpoints per batch, None = the driver's default
+    # memory one checkpoint of a batch takes (activations): the driver sizes chunks to the device
+    bytes_per_checkpoint: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,61 @@ class Analysis:
     labels: Mapping[str, str] | None = None  # display names of summarize's keys
 
 
-ANALYSES: dict[str, Analysis] = {}
+class _Registry(dict):
+    """``name → Analysis``. Its first read imports every analysis module
+    (:func:`grokinterp.analysis.load_analyses`), so that code reading it sees every analysis
+    while ``import grokinterp.analysis`` itself stays light; writes (registrations) load nothing."""
+
+    # "empty" -> "loading" (a read during the imports sees what is registered so far) -> "loaded"
+    _state = "empty"
+
+    def _load(self) -> None:
+        if self._state != "empty":
+            return
+        self._state = "loading"
+        try:
+            from grokinterp.analysis import load_analyses
+
+            load_analyses()
+        except BaseException:
+            self._state = "empty"  # a failed import is raised again on the next read
+            raise
+        self._state = "loaded"
+
+    def __getitem__(self, name: str) -> Analysis:
+        self._load()
+        return super().__getitem__(name)
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return super().__contains__(name)
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._load()
+        return super().__len__()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        self._load()
+        return super().get(name, default)
+
+    def keys(self):
+        self._load()
+        return super().keys()
+
+    def values(self):
+        self._load()
+        return super().values()
+
+    def items(self):
+        self._load()
+        return super().items()
+
+
+ANALYSES: dict[str, Analysis] = _Registry()
 
 
 def register_analysis(
@@ -215,6 +278,36 @@ def load_cached(
         return None
     idx = torch.tensor([rows[s] for s in steps], dtype=torch.long)
     return {k: v[idx] for k, v in c.tensors.items()}
+
+
+def _chunk_size(measure: Measure, device: torch.device) -> int:
+    """Checkpoints per batch: the device's default, capped by the analysis's own limit and by
+    the memory budget when the analysis states its bytes per checkpoint."""
+    size = min(measure.chunk or 1 << 30, DEFAULT_CHUNK.get(device.type, 8))
+    if measure.bytes_per_checkpoint:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            budget = min(CUDA_CHUNK_BYTES, free // 4)
+        else:
+            budget = CPU_CHUNK_BYTES
+        size = min(size, budget // max(measure.bytes_per_checkpoint, 1))
+    return max(1, size)
+
+
+def _concat(
+    parts: list[tuple[list[int], dict[str, Tensor]]],
+) -> tuple[list[int], dict[str, Tensor]]:
+    """Chunks' ``(steps, rows)`` as one ``(steps, rows)``."""
+    if len(parts) == 1:
+        return parts[0]
+    steps = [s for chunk_steps, _ in parts for s in chunk_steps]
+    keys = parts[0][1].keys()
+    try:
+        return steps, {k: torch.cat([rows[k] for _, rows in parts]) for k in keys}
+    except (RuntimeError, KeyError):
+        raise GrokinterpError(
+            "analysis outputs change keys or shape across checkpoints; pad them to a fixed shape"
+        ) from None
 
 
 def _merge(old: _Cache | None, new_steps: list[int], new: dict[str, Tensor], meta: dict) -> _Cache:
@@ -405,14 +498,24 @@ def over_training(
         meta = {"params": params, "key": key, "last_step": last}
         have = set(cached.steps) if cached is not None else set()
         todo = [s for s in steps if s not in have]
-        size = chunk_size or min(measure.chunk or 1 << 30, DEFAULT_CHUNK.get(dev.type, 8))
+        size = chunk_size or _chunk_size(measure, dev)
         with tqdm(
             total=len(todo), desc=f"analyze {name}", unit="ckpt", disable=not progress or not todo
         ) as bar:
-            for chunk_steps, rows in _compute(measure, run, todo, models, dev, size, reference):
-                cached = _merge(cached, chunk_steps, rows, meta)
-                _write_cache(run, name, cached)  # after every chunk: an interruption keeps it
-                bar.update(len(chunk_steps))
+            pending: list[tuple[list[int], dict[str, Tensor]]] = []
+            written = time.perf_counter()
+            try:
+                for chunk_steps, rows in _compute(measure, run, todo, models, dev, size, reference):
+                    pending.append((chunk_steps, rows))
+                    bar.update(len(chunk_steps))
+                    if time.perf_counter() - written >= CACHE_WRITE_SECONDS:
+                        cached = _merge(cached, *_concat(pending), meta)
+                        _write_cache(run, name, cached)  # even a kill keeps what was done
+                        pending, written = [], time.perf_counter()
+            finally:  # also on Ctrl-C or an error in a later chunk: keep the finished chunks
+                if pending:
+                    cached = _merge(cached, *_concat(pending), meta)
+                    _write_cache(run, name, cached)
         if cached is None:  # nothing to compute and nothing cached: cannot happen with steps
             raise GrokinterpError(f"no checkpoints to analyse in {run.path}")
         if not todo:  # all rows were cached; record that they are valid for this last step

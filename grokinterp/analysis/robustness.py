@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from grokinterp.analysis.batch import CheckpointBatch
+from grokinterp.analysis.batch import CheckpointBatch, class_logits
 from grokinterp.analysis.curves import transition_step
 from grokinterp.analysis.inputs import model_inputs, sample_split
 from grokinterp.analysis.registry import Measure, register_analysis
@@ -94,7 +94,7 @@ def pgd_attack(
             x_adv.requires_grad_(True)
             with torch.enable_grad():
                 # Summed (not averaged) loss: each sample's gradient is independent of the batch.
-                loss = F.cross_entropy(model(x_adv), y, reduction="sum")
+                loss = F.cross_entropy(class_logits(model, x_adv), y, reduction="sum")
                 (grad,) = torch.autograd.grad(loss, x_adv)
             with torch.no_grad():
                 x_adv = x_adv + alpha * grad.sign()
@@ -124,7 +124,7 @@ def pgd_accuracy(
     model.eval()
     try:
         with torch.no_grad():
-            pred = model(x_adv).argmax(dim=-1)
+            pred = class_logits(model, x_adv).argmax(dim=-1)
     finally:
         model.train(was_training)
     return float((pred == y).to(torch.float64).mean())
@@ -166,7 +166,7 @@ def batched_pgd_correct(
 
     def attack(model: nn.Module, xe: Tensor, ye: Tensor, x: Tensor, y: Tensor):
         def loss(xa: Tensor) -> Tensor:
-            return F.cross_entropy(model(xa), ye, reduction="sum")
+            return F.cross_entropy(class_logits(model, xa), ye, reduction="sum")
 
         x_adv = xe if clamp is None else xe.clamp(*clamp)
         for _ in range(steps):
@@ -174,8 +174,8 @@ def batched_pgd_correct(
             x_adv = torch.max(torch.min(x_adv, xe + ev), xe - ev)
             if clamp is not None:
                 x_adv = x_adv.clamp(*clamp)
-        correct = (model(x_adv).argmax(dim=-1) == ye).reshape(E, n).sum(-1)
-        clean = (model(x).argmax(dim=-1) == y).sum()
+        correct = (class_logits(model, x_adv).argmax(dim=-1) == ye).reshape(E, n).sum(-1)
+        clean = (class_logits(model, x).argmax(dim=-1) == y).sum()
         return correct, clean
 
     return batch.apply(attack, xe, ye, x, y)
@@ -243,7 +243,7 @@ def make_robustness(
         ys = y.to(xs.device)
         accs = [pgd_accuracy(model, xs, ys, e, step_size, steps, clamp=box, seed=seed) for e in eps]
         with torch.no_grad():
-            clean = float((model(xs).argmax(-1) == ys).double().mean())
+            clean = float((class_logits(model, xs).argmax(-1) == ys).double().mean())
         return {
             "accuracy": torch.tensor(accs),
             "clean_accuracy": torch.tensor(clean),

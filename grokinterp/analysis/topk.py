@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from grokinterp.analysis.batch import last_position_only, map_checkpoints
+from grokinterp.analysis.batch import class_logits, last_position_only, map_checkpoints
 from grokinterp.config import GrokinterpError
 
 __all__ = [
@@ -65,7 +65,7 @@ def ablated_accuracy(model: nn.Module, x: Tensor, y: Tensor, layer: int, keep: T
     model.eval()
     try:
         with torch.no_grad():
-            logits = model.run_with_hooks(x, fwd_hooks=[(name, ablate)])
+            logits = class_logits(model, x, fwd_hooks=[(name, ablate)])
     finally:
         model.train(was_training)
     return _accuracy(logits, y.to(logits.device))
@@ -205,7 +205,7 @@ def batched_topk(
 
     def correct(m: nn.Module, masks: Tensor) -> Tensor:  # masks [M, d] → correct counts [M]
         def one(mask: Tensor) -> Tensor:
-            logits = m.run_with_hooks(x, fwd_hooks=[(hook, lambda act, hook=None: act * mask)])
+            logits = class_logits(m, x, fwd_hooks=[(hook, lambda act, hook=None: act * mask)])
             return (logits.argmax(dim=-1) == y).sum()
 
         return vmap(one)(masks)

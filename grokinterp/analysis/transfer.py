@@ -55,7 +55,6 @@ from grokinterp.analysis.batch import CheckpointBatch
 from grokinterp.analysis.curves import DEFAULT_THRESHOLD, first_crossing, grok_times
 from grokinterp.analysis.registry import Measure, register_analysis
 from grokinterp.config import GrokinterpError
-from grokinterp.models import effective_embedding, first_layer_weight
 from grokinterp.store import Run, load_tensors
 
 NOTES_PREFIX = "groktransfer "
@@ -116,6 +115,8 @@ def weak_embedding(run: Run, source: str | None = None) -> tuple[Tensor, str]:
     ``weak_embedding`` file or ``weak_run``/``weak_step`` recorded in the run's notes; the
     ``embed.W_A`` of its ``train.init_state`` (for a random-A ablation that is the random A).
     """
+    from grokinterp.models import first_layer_weight  # lazy: models import TransformerLens
+
     candidates: list[str] = []
     if source:
         candidates.append(str(source))
@@ -487,6 +488,8 @@ def make_transfer(run: Run, weak_embedding_source: str | None = None) -> Measure
     ``weak_signal_energy`` on ``xor_cluster`` (module docstring). Batched path:
     :func:`key_frequency_masks`, :func:`subspace_measures`; cache key: E_W's source and digest.
     """
+    from grokinterp.models import effective_embedding  # lazy: models import TransformerLens
+
     if run.config.model.name == "mlp":
         return _first_layer_transfer(run, weak_embedding_source)
     task = run.task()
@@ -558,6 +561,8 @@ def signal_energy(W: Tensor, n_signal: int = 2) -> float:
 
 def _first_layer_transfer(run: Run, source: str | None) -> Measure:
     """The ``transfer`` analysis of an ``mlp``: E_W vs the target's first layer, no Fourier."""
+    from grokinterp.models import first_layer_weight  # lazy: models import TransformerLens
+
     E_W, where = weak_embedding(run, source)
     E_W = E_W.double()
     d_in = int(run.task().input_dim)

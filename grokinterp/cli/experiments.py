@@ -10,7 +10,7 @@ from rich import box
 from rich.table import Table
 
 from grokinterp.cli.app import app, console, err_console, friendly, resolve_config
-from grokinterp.cli.runs import runs_table
+from grokinterp.cli.runs import LOG_HELP, _with_log, runs_table
 from grokinterp.config import (
     GrokinterpError,
 )
@@ -26,8 +26,9 @@ def transfer_cmd(
     weak_at: str = typer.Option(
         None,
         "--weak-at",
-        help="Checkpoint of E_W: STEP, acc=X (first checkpoint with test acc ≥ X), best, final "
-        "[default: acc=0.3 for token targets, final for mlp targets; acc=0.25 with --cpu].",
+        help="Checkpoint of E_W: STEP, acc=X (first checkpoint with test acc ≥ X), best, final.",
+        # shown by Typer as "[default: …]" (square brackets in the help text are Rich markup)
+        show_default="acc=0.3 for token targets, final for mlp targets; acc=0.25 with --cpu",
     ),
     merge_at: int = typer.Option(
         None, "--merge-at", help="Fold A·B into a full W_E after this step."
@@ -157,6 +158,12 @@ def sweep_cmd(
     grid: list[str] = typer.Option(
         None, "--grid", "-g", help="A grid axis: --grid train.weight_decay=0.1,0.3,1 (repeatable)."
     ),
+    grid_file: str = typer.Option(
+        None,
+        "--grid-file",
+        help="A sweep written down (TOML: preset, seeds, set, [grid]) or a shipped one "
+        "(width-demo); --preset/--config replace its base, --grid/--set add to it.",
+    ),
     seeds: str = typer.Option(
         None, "--seeds", help="One run per seed in every cell: 0-4 or 0,1,7 (sets train.seed)."
     ),
@@ -178,12 +185,26 @@ def sweep_cmd(
     ),
     report: bool = typer.Option(True, "--report/--no-report", help="Write OUT/report.html."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    log: str = typer.Option(
+        None,
+        "--log",
+        help=LOG_HELP[:-2] + "; one tracker run per run, W&B group = the sweep folder's name).",
+    ),
 ) -> None:
     """Train a grid of runs as Ray tasks and label each cell's phase of grokking.
 
     Rerun the same command (or `sweep --out DIR` alone) to continue a killed sweep: finished
     runs are skipped, half-trained ones resume. --address joins a Ray cluster.
     """
+    if grid_file:  # before the Ray check: a bad file is reported without Ray
+        from grokinterp.experiments.grid import load_grid_file
+
+        gf = load_grid_file(grid_file)
+        if not (preset or config):
+            preset, config = gf.preset, Path(gf.config) if gf.config else None
+        grid = [*gf.grid, *(grid or [])]
+        seeds = seeds or gf.seeds
+        overrides = [*gf.overrides, *(overrides or [])]
     from grokinterp.experiments.sweep import INSTALL_HINT, run_sweep
     from grokinterp.report.figures.sweep import sweep_table_rows
 
@@ -193,9 +214,10 @@ def sweep_cmd(
         err_console.print(f"error: {INSTALL_HINT}", markup=False, style="bold red")
         raise typer.Exit(2) from None
 
+    overrides = _with_log(overrides or [], log)
     base = resolve_config(preset, config, overrides) if (preset or config) else None
     if base is None and overrides:
-        raise GrokinterpError("--set needs --preset or --config")
+        raise GrokinterpError("--set/--log need --preset or --config")
     if (
         base is not None
         and gpus_per_run > 0
@@ -356,3 +378,119 @@ def tickets_cmd(
         )
     console.print(table)
     console.print(f"wrote {result.out_dir / 'compare.json'} and {result.out_dir / 'compare.html'}")
+
+
+_VERDICT_STYLE = {"reproduced": "green", "partly": "yellow", "not": "red", "failed": "red"}
+
+
+@app.command("reproduce")
+@friendly
+def reproduce_cmd(
+    papers: str = typer.Argument(
+        "all",
+        help="A paper, a comma list (nanda2023,lee2024) or all: nanda2023, minegishi2024, "
+        "lee2024, xu2024, fan2024, humayun2024, liu2022, merrill2023.",
+    ),
+    size: str = typer.Option(
+        "cpu", "--size", help="cpu (minutes on a laptop) or paper (the paper's setting, a GPU)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    seeds: int = typer.Option(
+        None, "--seeds", help="Number of seeds (0..N-1); default: each setting's own."
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Root folder [default: checkpoints/reproductions/SIZE]."
+    ),
+    budget_minutes: float = typer.Option(
+        None,
+        "--budget-minutes",
+        help="Start no paper once this much time has passed or whose estimate exceeds what is "
+        "left; those are reported as not run (budget).",
+    ),
+    overrides: list[str] = typer.Option(
+        None, "--set", "-s", help="Override a value of every run trained: --set train.steps=50."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Run a paper size that needs a GPU on a machine without one."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Build and validate the configs, print the plan; train nothing."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Reproduce the seed papers' headline effects and print a verdict table.
+
+    Per paper: trains its setting, computes the paper's measures, writes OUT/PAPER/report.html
+    and verdict.json; for all of them OUT/VERDICTS.md. Finished runs and analyses are reused.
+    """
+    from grokinterp.api import reproduce, reproduction_plan
+
+    if dry_run:
+        rows = reproduction_plan(
+            papers, size=size, device=device, seeds=seeds, out=out, overrides=overrides or []
+        )
+        table = Table(title=f"reproduce --size {size}: plan (nothing trained)", box=box.SIMPLE_HEAD)
+        for col in ("paper", "est. min", "seeds", "runs it starts from (steps, dtype, batch)"):
+            table.add_column(col, justify="right" if col in ("est. min", "seeds") else "left")
+        for r in rows:
+            runs = "; ".join(
+                f"{name}: {c['steps']} {c['dtype']} {c['batch_size'] or 'full'} on {c['device']}"
+                for name, c in r["configs"].items()
+            )
+            gpu = " (GPU)" if r["needs_gpu"] else ""
+            table.add_row(r["paper"], f"{r['minutes']:g}{gpu}", str(r["seeds"]), runs)
+        console.print(table)
+        total = sum(r["minutes"] for r in rows)
+        console.print(f"estimated {total:g} min in all; every config validated")
+        return
+
+    def on_event(kind: str, o) -> None:
+        if kind == "start":
+            err_console.print(f"→ {o.paper} ({o.size} size, {o.seeds} seed(s), {o.device})")
+        else:
+            style = _VERDICT_STYLE.get(o.status, "dim")
+            secs = "" if o.seconds is None else f" in {o.seconds:.0f} s"
+            err_console.print(
+                f"  {o.paper}: [{style}]{o.status}[/]{secs}" + (f" — {o.why}" if o.why else ""),
+                highlight=False,
+            )
+
+    res = reproduce(
+        papers,
+        size=size,
+        device=device,
+        seeds=seeds,
+        out=out,
+        budget_minutes=budget_minutes,
+        overrides=overrides or [],
+        force=force,
+        progress=not quiet,
+        on_event=on_event,
+    )
+    # Every column on a wide terminal; on a narrow one the claim and the paper's figure are left
+    # to VERDICTS.md and the reports (nine columns in 80 characters are unreadable).
+    wide = console.width >= 160
+    cols = ["paper", *(["claim", "paper's figure"] if wide else []), "ours", "seeds", "device"]
+    table = Table(title=f"reproductions ({res.size} size) — {res.out}", show_lines=True)
+    for col in (*cols, "s", "train s", "verdict", "why"):
+        table.add_column(col, justify="right" if col in ("seeds", "s", "train s") else "left")
+    for o in res.outcomes:
+        style = _VERDICT_STYLE.get(o.status, "dim")
+        secs = "" if o.seconds is None else f"{o.seconds:.0f}" + (" †" if o.from_earlier else "")
+        cells = [o.title, *([o.claim, o.paper_figure] if wide else []), o.ours or "—"]
+        table.add_row(
+            *cells,
+            str(o.seeds or ""),
+            o.device,
+            secs,
+            "" if o.train_seconds is None else f"{o.train_seconds:.0f}",
+            f"[{style}]{o.status}[/]",
+            o.why,
+        )
+    console.print(table)
+    console.print(
+        f"wrote {res.markdown} and a report.html + verdict.json per paper under {res.out} "
+        f"({res.seconds:.0f} s)"
+        + ("; † = from an earlier invocation" if any(o.from_earlier for o in res.outcomes) else ""),
+        highlight=False,
+    )

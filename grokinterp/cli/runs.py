@@ -109,6 +109,23 @@ def _with_threads(overrides: list[str] | None, threads: int | None) -> list[str]
     return [*(overrides or []), *([f"train.threads={threads}"] if threads is not None else [])]
 
 
+LOG_HELP = (
+    "Also log the metrics to experiment trackers: tensorboard, wandb, or tensorboard,wandb "
+    "(train.log; logs in RUN/logs/; needs pip install 'grokinterp\\[trackers]')."
+)
+
+
+def _with_log(overrides: list[str], log: str | None) -> list[str]:
+    """``--log tensorboard,wandb`` as the override ``train.log=["tensorboard", "wandb"]``
+    (validated with the config: an unknown name is a one-line error)."""
+    if log is None:
+        return overrides
+    import json
+
+    names = [n.strip() for n in log.split(",") if n.strip()]
+    return [*overrides, f"train.log={json.dumps(names)}"]
+
+
 @app.command()
 @friendly
 def train(
@@ -141,9 +158,10 @@ def train(
         "stored in the file: only for files you trust.",
     ),
     threads: int = typer.Option(None, "--threads", min=0, help=THREADS_HELP),
+    log: str = typer.Option(None, "--log", help=LOG_HELP),
 ) -> None:
     """Train a model with dense checkpoints into a run directory."""
-    overrides = _with_threads(overrides, threads)
+    overrides = _with_log(_with_threads(overrides, threads), log)
     if resume and overwrite:
         raise GrokinterpError(
             "--resume and --overwrite contradict each other: --resume continues the run in "
@@ -216,13 +234,16 @@ def run_cmd(
         "auto", "--device", help="Where to analyse: auto (the GPU when there is one), cpu, cuda."
     ),
     threads: int = typer.Option(None, "--threads", min=0, help=THREADS_HELP),
+    log: str = typer.Option(
+        None, "--log", help=LOG_HELP[:-2] + "; the analysis curves follow the metrics there)."
+    ),
 ) -> None:
     """The main job: train, analyse every checkpoint, write the report.
 
     Resumes the run if it exists; every analysis that applies runs on every checkpoint with the
     same settings as `grokinterp analyze`, so a later analyze is instant; prints a summary and the
     report's path."""
-    main_job(preset, out, _with_threads(overrides, threads), quiet, light, device)
+    main_job(preset, out, _with_log(_with_threads(overrides, threads), log), quiet, light, device)
 
 
 # ----------------------------------------------------------------------------- analyze
@@ -245,6 +266,12 @@ def analyze(
         help="Keep analysing new checkpoints while the run is still training (Ctrl-C stops).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    log: str = typer.Option(
+        None,
+        "--log",
+        help="Push the per-checkpoint curves to experiment trackers (tensorboard, wandb, or "
+        "tensorboard,wandb): the run's tracker runs in RUN/logs/, beside its training metrics.",
+    ),
 ) -> None:
     """Compute analyses over every checkpoint of a run (batched, cached).
 
@@ -256,6 +283,11 @@ def analyze(
     from grokinterp.store import Run
     from grokinterp.store.lock import is_being_written
 
+    trackers = None
+    if log is not None:
+        from grokinterp.experiments.tracking import parse_trackers
+
+        trackers = parse_trackers(log)  # a bad name fails before any computing
     run = Run.open(run_dir)
     while True:
         results = _analyze_once(run, only, force, device, quiet)
@@ -266,6 +298,14 @@ def analyze(
         while len(run.steps) == seen and is_being_written(run_dir):
             time.sleep(2.0)
         force = False
+    if trackers:
+        from grokinterp.experiments.tracking import log_analysis
+
+        curves = log_analysis(run, trackers, results, progress=not quiet)
+        console.print(
+            f"logged {len(curves)} analysis curves to {', '.join(trackers)} ({run.path / 'logs'})",
+            highlight=False,
+        )
     for name in results.params:
         _print_summary(run, name, results.of(name))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,8 +15,21 @@ from typing import Any
 class GrokinterpError(ValueError):
     """A user-facing error: bad configuration, bad input file, unknown name.
 
-    The CLI prints its message on one line (no traceback) and exits with code 2.
+    The CLI prints its message on one line (no traceback) and exits with code 2. ANSI escape
+    codes (terminal colours that other libraries' messages carry, e.g. torch's ``weights_only``
+    refusal) are stripped from the message.
     """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(_ANSI.sub("", a) if isinstance(a, str) else a for a in args))
+
+
+# CSI sequences (colours, bold: ESC [ ... m) and other two-character escapes
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
+
+
+# The experiment trackers ``train.log`` may name (grokinterp.training.trackers implements them).
+TRACKERS = ("tensorboard", "wandb")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -106,6 +120,10 @@ class TrainConfig:
     # on every thread count; 1 is the default because the small models here gain little from
     # more, and 2 threads on a busy 2-core machine were 16x slower (benchmarks/bench_threads.py).
     threads: int = 1
+    # Experiment trackers that also receive every metrics.jsonl row (grokinterp.training.trackers):
+    # "tensorboard" writes <run>/logs/tensorboard, "wandb" <run>/logs/wandb (honours WANDB_MODE).
+    # Optional packages: pip install 'grokinterp[trackers]'.
+    log: list[str] = field(default_factory=list)
 
 
 @dataclass

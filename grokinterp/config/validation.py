@@ -24,6 +24,7 @@ from grokinterp.config.schema import (
     _TASK_PARAMS,
     MODULAR_TASKS,
     N_DIGITS,
+    TRACKERS,
     GrokinterpError,
     ModelConfig,
     RunConfig,
@@ -147,6 +148,8 @@ def _allowed(tp: Any, rule: Rule | None) -> str:
     if tp is str and rule is not None and rule.choices:
         return rule.describe()
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list and rule is not None and rule.choices:
+        return f"a list of names from {rule.describe()}"
     if origin is tuple:
         what = f"a list of {len(args)} {_PLURAL[args[0]]}"
     elif origin is list:
@@ -297,6 +300,7 @@ _RULES: dict[type, dict[str, Rule]] = {
         "device": Rule(choices=("cpu", "cuda", "auto")),
         "engine": Rule(choices=("auto", "eager", "fast")),
         "threads": Rule(0, 1024),
+        "log": Rule(choices=TRACKERS),
     },
     _ModularParams: {
         "p": Rule(2, 2000),
@@ -521,6 +525,10 @@ def validate(cfg: RunConfig) -> None:
         m.name in fits,
         f"model.name={m.name!r} is not valid for task {task.name!r} "
         f"({'token' if tokens else 'vector'} inputs); allowed: {', '.join(fits)}",
+    )
+    _check(
+        len(set(t.log)) == len(t.log),
+        f"train.log={_show(t.log)} is not valid; allowed: each tracker at most once",
     )
     _check(
         t.merge_embedding_at is None or m.embedding == "factorized",

@@ -181,3 +181,109 @@ def expand_grid(
         more = f"; and {len(msgs) - 3} more" if len(msgs) > 3 else ""
         raise GrokinterpError(head + "; ".join(msgs[:3]) + more)
     return cells
+
+
+# ----------------------------------------------------------------------------- grid files
+
+
+@dataclass(frozen=True)
+class GridFile:
+    """A sweep written down: ``grokinterp sweep --grid-file NAME_OR_PATH``.
+
+    A TOML file with ``preset`` (the base, or ``config``: a RunConfig file relative to the grid
+    file), optional ``seeds`` (``"0-2"`` or a list), optional ``set`` (overrides of the base,
+    ``["train.steps=2000"]``), optional ``notes``, and a ``[grid]`` table of ``"section.key" =
+    [values]`` (one axis each, in file order)::
+
+        preset = "demo"
+        seeds = "0-2"
+        [grid]
+        "model.d_mlp" = [8, 16, 32, 64]
+
+    Shipped files live in ``grokinterp/presets/sweeps/`` and are named without ``.toml``.
+    """
+
+    path: str
+    preset: str | None
+    config: str | None
+    grid: tuple[str, ...]
+    seeds: str | None
+    overrides: tuple[str, ...]
+    notes: str = ""
+
+
+_GRID_FILE_KEYS = {"preset", "config", "seeds", "set", "notes", "grid"}
+
+
+def _sweeps_dir():
+    from grokinterp.config import PRESET_DIR
+
+    return PRESET_DIR / "sweeps"
+
+
+def grid_file_names() -> list[str]:
+    """Names of the shipped grid files (``grokinterp/presets/sweeps/*.toml``)."""
+    return sorted(p.stem for p in _sweeps_dir().glob("*.toml"))
+
+
+def _value_text(value: Any) -> str:
+    """A grid value as ``--grid`` text, read back by :func:`parse_grid` as the same value."""
+    if isinstance(value, str) and not re.search(r"[,\[\]{}\"'=]", value):
+        return value
+    return json.dumps(value)
+
+
+def load_grid_file(name_or_path: str | Any) -> GridFile:
+    """Read a grid file (a shipped name such as ``width-demo``, or a path); every problem is
+    one :class:`GrokinterpError` naming the file."""
+    import tomllib
+    from pathlib import Path
+
+    text = str(name_or_path)
+    path = Path(text)
+    if not path.is_file():
+        shipped = _sweeps_dir() / f"{text}.toml"
+        if not shipped.is_file():
+            raise GrokinterpError(
+                f"grid file {text!r} not found; shipped: {', '.join(grid_file_names()) or 'none'}"
+            )
+        path = shipped
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise GrokinterpError(f"cannot read grid file {path}: {' '.join(str(e).split())}") from None
+    unknown = set(data) - _GRID_FILE_KEYS
+    if unknown:
+        raise GrokinterpError(
+            f"grid file {path}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"valid: {', '.join(sorted(_GRID_FILE_KEYS))}"
+        )
+    grid = data.get("grid")
+    if not isinstance(grid, dict) or not grid:
+        raise GrokinterpError(f'grid file {path}: needs a [grid] table of "section.key" = [values]')
+    axes = []
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise GrokinterpError(f"grid file {path}: grid.{key} must be a non-empty list")
+        axes.append(f"{key}=" + ",".join(_value_text(v) for v in values))
+    for axis in axes:
+        parse_grid(axis)  # a bad key or value fails here, naming the file
+    preset, config = data.get("preset"), data.get("config")
+    if (preset is None) == (config is None):
+        raise GrokinterpError(f"grid file {path}: give exactly one of preset or config")
+    if not isinstance(preset or config, str):
+        raise GrokinterpError(f"grid file {path}: preset/config must be a string")
+    if config is not None and not Path(config).is_absolute():
+        config = str(path.parent / config)
+    seeds = data.get("seeds")
+    if seeds is not None:
+        if isinstance(seeds, list):
+            seeds = ",".join(str(s) for s in seeds)
+        if not isinstance(seeds, str):
+            raise GrokinterpError(f"grid file {path}: seeds must be a string such as 0-2 or a list")
+        parse_seeds(seeds)
+    overrides = data.get("set", [])
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise GrokinterpError(f'grid file {path}: set must be a list of "section.key=value"')
+    notes = data.get("notes", "")
+    return GridFile(str(path), preset, config, tuple(axes), seeds, tuple(overrides), str(notes))

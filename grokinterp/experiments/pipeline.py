@@ -13,6 +13,7 @@ from pathlib import Path
 
 from grokinterp.analysis import applicable, over_training
 from grokinterp.config import RunConfig, apply_overrides, load_preset
+from grokinterp.experiments.tracking import log_analysis, parse_trackers
 from grokinterp.report.html import ReportResult, build_report
 from grokinterp.store import Run, is_run_dir
 from grokinterp.training import train
@@ -51,14 +52,20 @@ def main_job(
     device: str = "auto",
     progress: bool = True,
     light: bool = False,
+    log: Sequence[str] | None = None,
 ) -> MainJob:
     """Train ``preset`` (resuming if ``out`` holds the run), analyse **every** checkpoint with
     every analysis that applies — with the same default settings as ``grokinterp analyze``, so a
     later ``analyze`` finds everything cached and the report never changes under the user — and
-    write the HTML report. One failing analysis is recorded, not raised."""
+    write the HTML report. One failing analysis is recorded, not raised.
+
+    ``log`` (``grokinterp run --log tensorboard,wandb``) sets ``train.log``: the training metrics
+    and then the analysis curves go to those experiment trackers (:mod:`.tracking`)."""
     t0 = time.perf_counter()
     cfg = preset if isinstance(preset, RunConfig) else load_preset(preset)
     cfg = apply_overrides(cfg, list(overrides))
+    if log is not None:
+        cfg.train.log = parse_trackers(log)
     name = preset if isinstance(preset, str) else cfg.name
     out = Path(out) if out is not None else Path("checkpoints") / name
     resumed = is_run_dir(out)
@@ -88,6 +95,9 @@ def main_job(
                 else f"{len(res.steps)} cached",
             )
         )
+    done = [a.name for a in statuses if a.status in ("computed", "cached")]
+    if cfg.train.log and done:
+        log_analysis(run, cfg.train.log, analyses=done, device=device, progress=progress)
     t_analyses = time.perf_counter() - t
     t = time.perf_counter()
     report = build_report(run, light=light)

@@ -24,6 +24,10 @@ sweep trains one run per grid point and seed and labels each with its phase
   mid-training continues from its last checkpoint (``train(..., resume=True)``); runs that
   failed are tried again. ``grokinterp sweep --out OUT`` with no preset/grid continues the sweep
   recorded in ``OUT/sweep.json``.
+- **Trackers**: with ``train.log`` (``--log tensorboard,wandb``) every run logs to its own
+  tracker run in ``OUT/<run>/logs/`` (:mod:`grokinterp.training.trackers`); W&B runs are grouped
+  by the sweep (``group`` = the folder's name, ``job_type`` = the cell), and
+  ``tensorboard --logdir OUT`` shows one run per cell.
 - **Manifest** ``OUT/sweep.json`` (layout in :mod:`grokinterp.report.sweep`): every cell, its
   overrides, status (pending / running / done / failed), error text, phase; rewritten atomically
   at every change. A failing run fails its cell (its error recorded), never the sweep.
@@ -123,12 +127,21 @@ def _spec_dict(
     )
 
 
+def _without_log(config: Any) -> Any:
+    """A config dict without ``train.log`` (the trackers, which a continued sweep may change)."""
+    if not isinstance(config, dict) or not isinstance(config.get("train"), dict):
+        return config
+    return {**config, "train": {k: v for k, v in config["train"].items() if k != "log"}}
+
+
 def _check_same_sweep(old: dict[str, Any], new: dict[str, Any], out: Path) -> None:
     diffs = []
-    if old.get("config") != new["config"]:
+    if _without_log(old.get("config")) != _without_log(new["config"]):
         o, n = old.get("config", {}), new["config"]
         for section in ("task", "model", "train"):
             for k in sorted(set(o.get(section, {})) | set(n.get(section, {}))):
+                if (section, k) == ("train", "log"):
+                    continue  # trackers may change when a sweep continues (runs resume alike)
                 if o.get(section, {}).get(k) != n.get(section, {}).get(k):
                     diffs.append(f"{section}.{k}")
         diffs = diffs or ["the base config"]

@@ -1,5 +1,8 @@
 """Models (DESIGN §3). Every model is a ``transformer_lens.HookedRootModule`` whose parameter
-and hook names follow TransformerLens, so ``run_with_cache`` / ``run_with_hooks`` work.
+and hook names follow TransformerLens, so ``run_with_cache`` (which returns TransformerLens's
+``ActivationCache``) and ``run_with_hooks`` work; the logits follow TransformerLens's
+``[batch, pos, d_vocab_out]`` convention (:mod:`grokinterp.models.hooked`), and
+:func:`class_logits` reads the ``[batch, n_classes]`` class logits of any of them.
 
 ``build_model(cfg, task)`` is the single entry point.
 """
@@ -17,6 +20,7 @@ from grokinterp.models.components import (
     effective_embedding,
     first_layer_weight,
 )
+from grokinterp.models.hooked import HookedConfig, class_logits
 from grokinterp.models.interop import from_transformer_bridge, to_transformer_bridge
 from grokinterp.models.mlp import MLP, EmbedMLP
 from grokinterp.models.transformer import Transformer
@@ -54,11 +58,13 @@ __all__ = [
     "ACTIVATION_TYPES",
     "Embed",
     "EmbedMLP",
+    "HookedConfig",
     "InputEmbed",
     "MLP",
     "MODELS",
     "Transformer",
     "build_model",
+    "class_logits",
     "effective_embedding",
     "first_layer_weight",
     "from_transformer_bridge",

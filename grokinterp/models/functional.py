@@ -34,6 +34,7 @@ from torch import nn
 
 from grokinterp.config import GrokinterpError, ModelConfig
 from grokinterp.models.components import make_activation
+from grokinterp.models.hooked import class_logits
 from grokinterp.tasks import Task
 
 # One-hot matrices larger than this (elements) are not cached: the gather's backward then uses
@@ -162,9 +163,9 @@ class Inputs:
 
 
 class FastForward:
-    """Functional logits ``[S, N, n_classes]`` of a grokinterp model from parameters with a
-    leading seed dimension ``S``; equal (to float rounding) to the module's forward with
-    ``last_position_only = True``.
+    """Functional class logits ``[S, N, n_classes]`` of a grokinterp model from parameters with a
+    leading seed dimension ``S``; equal (to float rounding) to the module's class logits
+    (:func:`~grokinterp.models.class_logits`) with ``last_position_only = True``.
 
     Models: ``transformer`` (Nanda et al. 2023), ``embed_mlp`` (Minegishi et al. 2024; Xu et
     al. 2025), ``mlp`` (Liu et al. 2023). Token models compute their first layer on per-token
@@ -354,7 +355,8 @@ class FastForward:
     # ------------------------------------------------------------------ checks
     @torch.no_grad()
     def check(self, model: nn.Module, x: torch.Tensor, rtol: float | None = None) -> str | None:
-        """Why these logits do not match ``model(x)`` (last position only) to float rounding,
+        """Why these logits do not match the module's class logits on ``x`` (last position
+        only, :func:`~grokinterp.models.class_logits`) to float rounding,
         or None when they do. Errors of the functional forward are part of the reason (a model
         variant it does not know), never swallowed silently."""
         rtol = rtol if rtol is not None else (1e-4 if self.dtype == torch.float32 else 1e-9)
@@ -362,7 +364,7 @@ class FastForward:
         model.eval()
         try:
             with matmul_precision(False):  # the check is always at full precision
-                ref = model(x)
+                ref = class_logits(model, x)
                 params = {k: p.unsqueeze(0) for k, p in model.named_parameters()}
                 out = self.logits(params, self.prepare(x, backward=False))[0]
         except (KeyError, RuntimeError, IndexError, ValueError) as e:
@@ -380,7 +382,7 @@ class FastForward:
         return None
 
     def agrees_with(self, model: nn.Module, x: torch.Tensor, rtol: float | None = None) -> bool:
-        """Whether these logits match ``model(x)`` (last position only) to float rounding."""
+        """Whether these logits match the module's class logits on ``x`` to float rounding."""
         return self.check(model, x, rtol) is None
 
     @classmethod

@@ -8,7 +8,8 @@ LayerNorm ``(x - mean) / sqrt(var + eps) · w + b``, logits ``x W_U`` at the las
 ``TransformerBridge.boot_native`` (TransformerLens 4.x, Nanda & Bloom) builds the same network
 from a ``TransformerBridgeConfig``, stored as ``nn.Linear`` layers that always carry biases;
 the conversion sets the attention and unembedding biases to zero, so both models compute the
-same logits (the bridge returns them at every position; ours only at the last one).
+same logits ``[batch, pos, d_vocab_out]`` at every position (TransformerLens's convention, which
+ours follows) and the same ``run_with_cache`` activations.
 
 Weight mapping (bridge keys are those of ``bridge.state_dict()``; ``(h e)`` = head-major flat):
 
@@ -65,9 +66,10 @@ def _boot_native():
 def to_transformer_bridge(model: Transformer) -> TransformerBridge:
     """A ``TransformerBridge`` (``boot_native``) computing the same logits as ``model``.
 
-    ``bridge(tokens)[:, -1]`` equals ``model(tokens)`` up to float rounding; hooks with the same
-    TransformerLens names (``hook_embed``, ``blocks.{i}.attn.hook_pattern``,
-    ``blocks.{i}.mlp.hook_post``, ...) see the same activations. A factorized embedding is
+    ``bridge(tokens)`` equals ``model(tokens)`` (``[batch, pos, d_vocab_out]``) up to float
+    rounding; hooks with the same TransformerLens names (``hook_embed``,
+    ``blocks.{i}.attn.hook_pattern``, ``blocks.{i}.mlp.hook_post``, ...) see the same
+    activations. A factorized embedding is
     handed over as the full product ``W_A @ W_B``; ``output_scale`` is folded into ``W_U``.
     The bridge has the model's dtype and device and no tokenizer.
     """

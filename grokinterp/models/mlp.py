@@ -12,6 +12,10 @@ of width ``d_mlp`` on a vector input, then ``W_U``, ``b_U``. With ``embedding = 
 [r, d_mlp]`` (r = ``embed_rank``; :class:`~grokinterp.models.components.InputEmbed`), hooked at
 ``hook_embed`` (``x @ W_A @ W_B``, before ``b_in``); ``embed.merge()`` folds it into ``embed.W_E``.
 Every other parameter is drawn exactly as in the full model with the same seed.
+
+Logits (TransformerLens's convention, :mod:`grokinterp.models.hooked`): ``embed_mlp`` is a token
+model that answers at one position, ``[batch, 1, d_vocab_out]`` (so ``logits[:, -1]`` are the
+class logits, as for the transformer); ``mlp`` has no positions, ``[batch, n_classes]``.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ import math
 
 import torch
 from torch import nn
-from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from grokinterp.config import ModelConfig
 from grokinterp.models.components import Embed, InputEmbed, MLPBlock, Unembed
+from grokinterp.models.hooked import HookedConfig, HookedModel, model_output
 from grokinterp.tasks import Task
 
 
@@ -55,10 +59,15 @@ def _stack(cfg: ModelConfig, d_in: int, d_out_last: int | None) -> nn.ModuleList
     return nn.ModuleList(blocks)
 
 
-class EmbedMLP(HookedRootModule):
+class EmbedMLP(HookedModel):
+    """``forward(tokens [batch, pos]) -> logits [batch, 1, d_vocab_out]``: one output position
+    (the ``=`` token's), so that ``logits[:, -1]`` are the class logits as for the transformer.
+    The hidden layers' hooks (``blocks.{i}.mlp.hook_pre`` / ``hook_post``) are ``[batch, d_mlp]``.
+    """
+
     def __init__(self, cfg: ModelConfig, task: Task):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = HookedConfig.of(cfg, task)
         self.embed = Embed(
             task.vocab_size, cfg.d_embed, cfg.embedding == "factorized", cfg.embed_rank
         )
@@ -75,18 +84,26 @@ class EmbedMLP(HookedRootModule):
         )
         self.setup()
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        return_type: str | None = "logits",
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
         e = self.hook_embed(self.embed(tokens[:, :2]))  # [batch, 2, d_embed]; '=' ignored
         x = e[:, 0] + e[:, 1] if self.cfg.combine == "sum" else e.flatten(1)
         for block in self.blocks:
             x = block(x)
-        return self.unembed(x)
+        # [batch, 1, d]: a view, so the unembedding is the same matmul as on [batch, d]
+        return model_output(self.unembed(x.unsqueeze(1)), return_type, labels)
 
 
-class MLP(HookedRootModule):
+class MLP(HookedModel):
+    """``forward(x [batch, input_dim]) -> logits [batch, n_classes]`` (no positions)."""
+
     def __init__(self, cfg: ModelConfig, task: Task):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = HookedConfig.of(cfg, task)
         self.hook_input = HookPoint()
         self.blocks = _stack(cfg, task.input_dim, None)
         self.unembed = Unembed(
@@ -99,10 +116,15 @@ class MLP(HookedRootModule):
             self.hook_embed = HookPoint()
         self.setup()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        return_type: str | None = "logits",
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
         x = self.hook_input(x)
         if self.cfg.embedding == "factorized":
             x = self.hook_embed(self.embed(x))  # [batch, d_mlp]: the first layer's x @ W_in
         for block in self.blocks:
             x = block(x)
-        return self.unembed(x)
+        return model_output(self.unembed(x), return_type, labels)

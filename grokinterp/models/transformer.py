@@ -1,7 +1,8 @@
 """Decoder-only transformer of Nanda, Chan, Lieberum, Smith, Steinhardt 2023 ("Progress measures
 for grokking via mechanistic interpretability"): learned token + positional embeddings, causal
-multi-head attention without biases, ReLU MLP with biases, optional LayerNorm, logits read at
-the last position. Names and hooks follow TransformerLens.
+multi-head attention without biases, ReLU MLP with biases, optional LayerNorm. Names, hooks,
+the logits convention (``[batch, pos, d_vocab_out]``, the class logits at the last position) and
+the ``run_with_cache`` cache follow TransformerLens (see :mod:`grokinterp.models.hooked`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import math
 import torch
 from einops import einsum
 from torch import nn
-from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from grokinterp.config import ModelConfig
 from grokinterp.models.components import Embed, MLPBlock, Unembed
+from grokinterp.models.hooked import HookedConfig, HookedModel, model_output
 from grokinterp.tasks import Task
 
 
@@ -101,19 +102,25 @@ class TransformerBlock(nn.Module):
         return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
 
 
-class Transformer(HookedRootModule):
-    """``forward(tokens [batch, pos]) -> logits [batch, n_classes]`` at the last position.
+class Transformer(HookedModel):
+    """``forward(tokens [batch, pos]) -> logits [batch, pos, d_vocab_out]`` (TransformerLens's
+    convention; ``d_vocab_out`` = the task's classes, read at the last position).
 
     With ``last_position_only = True`` (set by the trainer) the last block computes attention
-    queries, MLP and residual only at the last position: the logits are identical, the hooks of
-    that block then see one position.
+    queries, MLP, residual and logits only at the last position: the logits are
+    ``[batch, 1, d_vocab_out]``, equal to the last position's, and the hooks of that block see
+    one position. ``run_with_cache`` returns a TransformerLens ``ActivationCache``
+    (``cache["post", 0]``, ``decompose_resid``, ``accumulated_resid``, ``logit_attrs``,
+    ``stack_head_results``); ``W_E``, ``W_pos``, ``W_U``, ``b_U`` and the per-layer stacks
+    ``W_Q``, ``W_K``, ``W_V``, ``W_O``, ``W_in``, ``b_in``, ``W_out``, ``b_out`` read as in
+    TransformerLens.
     """
 
     last_position_only: bool = False
 
     def __init__(self, cfg: ModelConfig, task: Task):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = HookedConfig.of(cfg, task)
         n_ctx = task.x_train.shape[1]
         self.embed = Embed(
             task.vocab_size, cfg.d_model, cfg.embedding == "factorized", cfg.embed_rank
@@ -128,9 +135,80 @@ class Transformer(HookedRootModule):
         )
         self.setup()
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        return_type: str | None = "logits",
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
+        """Logits ``[batch, pos, d_vocab_out]`` (``return_type="logits"``); see
+        :func:`grokinterp.models.hooked.model_output` for ``None``, ``"loss"``, ``"both"``."""
         resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens))
         n = len(self.blocks)
         for i, block in enumerate(self.blocks):
             resid = block(resid, last_only=self.last_position_only and i == n - 1)
-        return self.unembed(self.ln_final(resid[:, -1]))
+        return model_output(self.unembed(self.ln_final(resid)), return_type, labels)
+
+    # ---- TransformerLens's weight names
+    @property
+    def W_E(self) -> torch.Tensor:
+        """``[d_vocab, d_model]`` (a factorized embedding's product ``W_A @ W_B``)."""
+        return self.embed.weight
+
+    @property
+    def W_pos(self) -> torch.Tensor:
+        return self.pos_embed.W_pos
+
+    def _stack(self, part: str, name: str) -> torch.Tensor:
+        return torch.stack([getattr(getattr(b, part), name) for b in self.blocks])
+
+    @property
+    def W_Q(self) -> torch.Tensor:
+        """``[n_layers, n_heads, d_model, d_head]``"""
+        return self._stack("attn", "W_Q")
+
+    @property
+    def W_K(self) -> torch.Tensor:
+        return self._stack("attn", "W_K")
+
+    @property
+    def W_V(self) -> torch.Tensor:
+        return self._stack("attn", "W_V")
+
+    @property
+    def W_O(self) -> torch.Tensor:
+        """``[n_layers, n_heads, d_head, d_model]``"""
+        return self._stack("attn", "W_O")
+
+    @property
+    def W_in(self) -> torch.Tensor:
+        """``[n_layers, d_model, d_mlp]``"""
+        return self._stack("mlp", "W_in")
+
+    @property
+    def W_out(self) -> torch.Tensor:
+        """``[n_layers, d_mlp, d_model]``"""
+        return self._stack("mlp", "W_out")
+
+    @property
+    def b_in(self) -> torch.Tensor:
+        return torch.stack([self._bias(b.mlp.b_in, self.cfg.d_mlp) for b in self.blocks])
+
+    @property
+    def b_out(self) -> torch.Tensor:
+        return torch.stack([self._bias(b.mlp.b_out, self.cfg.d_model) for b in self.blocks])
+
+    def _bias(self, b: torch.Tensor | None, n: int) -> torch.Tensor:
+        return b if b is not None else self.W_pos.new_zeros(n)
+
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> torch.Tensor:
+        """The bias terms in the residual stream before ``layer`` (TransformerLens's
+        ``accumulated_bias``): the MLPs' ``b_out`` (attention has no output bias)."""
+        out = self.W_pos.new_zeros(self.cfg.d_model)
+        if include_mlp_biases:
+            for block in self.blocks[:layer]:
+                if block.mlp.b_out is not None:
+                    out = out + block.mlp.b_out
+        return out

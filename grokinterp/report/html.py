@@ -24,6 +24,7 @@ from typing import Any
 
 from grokinterp.config import GrokinterpError
 from grokinterp.report.export import CHROMIUM_FLAGS, export_pdf, export_pngs, find_chromium
+from grokinterp.report.figures._style import report_template
 from grokinterp.report.page import PLOTLY_CONFIG, plotly_cdn_url, render_page
 from grokinterp.report.sections import RunData, SectionResult, render_sections
 from grokinterp.report.summary import (
@@ -141,8 +142,9 @@ def build_report(
         if len(rds) == 1
         else f"grokinterp comparison — {' vs '.join(labels)}"
     )
-    sections = render_sections(rds, only=only)
-    page, n_figures = render_page(rds, sections, threshold, title, light)
+    with report_template():  # the report's template as plotly's default: free per figure
+        sections = render_sections(rds, only=only)
+        page, n_figures = render_page(rds, sections, threshold, title, light)
     atomic_write_text(out, page)
     sec_status = {
         s.key: {"title": s.title, "status": s.status, "reading": s.reading, "notes": s.notes}

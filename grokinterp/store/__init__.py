@@ -29,13 +29,15 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from grokinterp.config import GrokinterpError, RunConfig
+
+if TYPE_CHECKING:
+    import torch
+
+# torch (and safetensors.torch) are imported inside the functions that move tensors: opening a
+# run and reading its config and metrics (``grokinterp ls``) needs neither (issue 16).
 
 FORMAT_VERSION = 1
 
@@ -80,6 +82,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def save_file(
+    tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str] | None = None
+) -> None:
+    """``safetensors.torch.save_file``, imported on the first call (it imports torch)."""
+    from safetensors.torch import save_file as _save_file
+
+    _save_file(tensors, filename, metadata=metadata)
+
+
 def save_tensors(
     path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
@@ -93,6 +104,9 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise GrokinterpError(f"file not found: {path}")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, MemoryError) as e:
@@ -102,12 +116,16 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 def torch_load(path: str | Path, **kwargs: Any) -> Any:
     """``torch.load`` without torch's "Detected pickle protocol" UserWarning (noise on stderr
     for files written by other code; whether the file is refused or read is unchanged)."""
+    import torch
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
         return torch.load(path, **kwargs)
 
 
 def environment_info() -> dict[str, str]:
+    import torch
+
     from grokinterp._version import __version__
 
     info = {
@@ -221,6 +239,8 @@ class Run:
             raise GrokinterpError(
                 f"run {self.path} has no checkpoint at step {step}; available: {near}"
             )
+        import torch
+
         state = load_tensors(path)
         return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
 
@@ -396,11 +416,6 @@ __all__ = [
 
 
 from grokinterp.store.lock import RunLock  # noqa: E402
-from grokinterp.store.state import (  # noqa: E402
-    has_resume_state,
-    load_resume_state,
-    save_resume_state,
-)
 
 __all__ += [
     "RunLock",
@@ -418,4 +433,9 @@ def __getattr__(name: str) -> Any:
         from grokinterp.store.importers import import_run
 
         return import_run
+    if name in ("has_resume_state", "load_resume_state", "save_resume_state"):
+        # Lazy: the resume state's module imports torch, which opening a run does not need.
+        from grokinterp.store import state
+
+        return getattr(state, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

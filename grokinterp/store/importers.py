@@ -15,7 +15,8 @@
 * ``"tl-demo"``: the file saved by the TransformerLens "Grokking demo" notebook: ``model`` (a
   TransformerLens 3.x ``HookedTransformer`` state dict), ``config`` (a pickled
   ``HookedTransformerConfig``, a class transformer-lens 4 no longer has: it is read into a plain
-  mapping), ``checkpoints`` with ``checkpoint_epochs``, ``train_losses``, ``test_losses``,
+  mapping; its ``initializer_range`` is a numpy float, read as a Python number),
+  ``checkpoints`` with ``checkpoint_epochs``, ``train_losses``, ``test_losses``,
   ``train_indices``, ``test_indices``.
 
 Steps are the source's epoch labels. Every imported checkpoint is evaluated once with the
@@ -23,8 +24,12 @@ grokinterp model (train/test loss and accuracy, weight norm) into ``metrics.json
 per-epoch loss curves are kept there too, under ``train_loss``/``test_loss`` at the other epochs.
 
 Loading a pickle can run code. Files are read with ``torch.load(weights_only=True)``, which only
-rebuilds tensors and plain containers (and, here, the TransformerLens config as an inert mapping);
-a file that needs anything else is refused unless ``trust_pickle=True`` (``--trust-pickle``).
+rebuilds tensors and plain containers, plus an allow-list of names that this module maps to inert
+stand-ins, never to the classes themselves: the TransformerLens 3.x config class (an object that
+only receives its pickled state) and numpy's numeric scalars (``numpy.dtype`` and
+``numpy._core.multiarray.scalar``, decoded from their bytes into a Python number; other dtypes
+are refused). A file that needs anything else is refused, naming the class, unless
+``trust_pickle=True`` (``--trust-pickle``).
 """
 
 from __future__ import annotations
@@ -33,16 +38,18 @@ import hashlib
 import json
 import math
 import pickle
+import re
 import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from grokinterp.config import GrokinterpError, ModelConfig, RunConfig, TaskConfig, TrainConfig
-from grokinterp.models import build_model
+from grokinterp.models import build_model, class_logits
 from grokinterp.store import Run, atomic_write_text, is_run_dir, save_tensors, torch_load
 from grokinterp.store.lock import RunLock, clear_run_dir, is_vacant_dir
 from grokinterp.tasks import make_task, split_hash
@@ -100,6 +107,51 @@ _TL_CONFIG_NAMES = (
 )
 
 
+class _NumpyDType:
+    """Stand-in registered for weights_only loading as ``numpy.dtype``: keeps the pickled
+    dtype's spec (``"f8"``) and byte order, builds nothing."""
+
+    def __init__(self, spec: Any, align: Any = False, copy: Any = True) -> None:
+        self.spec, self.byteorder = spec, "="
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy's dtype state: (version, byteorder, subarray, names, fields, itemsize, ...)
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "=", "|"):
+            self.byteorder = state[1]
+
+    def numeric(self) -> np.dtype:
+        """The numpy dtype if it is a plain bool, integer, float or complex; else refuse."""
+        try:
+            d = np.dtype(self.spec) if isinstance(self.spec, str) else None
+        except TypeError:
+            d = None
+        if d is None or d.kind not in "biufc" or d.fields is not None or d.subdtype is not None:
+            raise pickle.UnpicklingError(
+                f"numpy scalar of dtype {self.spec!r} is not allowed (numbers only)"
+            )
+        return d if self.byteorder in ("=", "|") else d.newbyteorder(self.byteorder)
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> int | float | bool | complex:
+    """Stand-in registered as numpy's scalar reconstructor: a numeric numpy scalar (e.g. TL 3's
+    ``initializer_range = 0.8 / np.sqrt(d_model)``) from its raw bytes, as a Python number."""
+    if not isinstance(dtype, _NumpyDType) or not isinstance(data, bytes):
+        raise pickle.UnpicklingError("numpy scalar in an unsupported form")
+    d = dtype.numeric()
+    if len(data) != d.itemsize:
+        raise pickle.UnpicklingError(f"numpy scalar of dtype {d} with {len(data)} bytes")
+    return np.frombuffer(data, dtype=d)[0].item()
+
+
+# name in the file -> inert stand-in, for torch.load(weights_only=True)
+_SAFE_GLOBALS = [
+    *((_TLConfigStandIn, name) for name in _TL_CONFIG_NAMES),
+    (_NumpyDType, "numpy.dtype"),
+    (_numpy_scalar, "numpy._core.multiarray.scalar"),  # numpy 2
+    (_numpy_scalar, "numpy.core.multiarray.scalar"),  # numpy 1
+]
+
+
 class _LenientUnpickler(pickle.Unpickler):
     """Full unpickler (used only with trust_pickle) that maps classes which no longer import
     (e.g. ``HookedTransformerConfig`` under transformer-lens 4) to :class:`PickledObject`."""
@@ -125,13 +177,12 @@ def load_pickle(path: str | Path, trust_pickle: bool = False) -> Any:
     path = Path(path)
     if not path.is_file():
         raise GrokinterpError(f"file not found: {path}")
-    safe = [(_TLConfigStandIn, name) for name in _TL_CONFIG_NAMES]
     try:
-        with torch.serialization.safe_globals(safe):
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch_load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not trust_pickle:
-            why = str(e).splitlines()[0][:200]
+            why = _refusal(e)
             raise GrokinterpError(
                 f"{path} holds Python objects that safe loading (weights_only) refuses ({why}); "
                 "unpickling them can execute code from the file: pass --trust-pickle "
@@ -149,9 +200,20 @@ def load_pickle(path: str | Path, trust_pickle: bool = False) -> Any:
         ) from None
 
 
+def _refusal(e: BaseException) -> str:
+    """Why weights_only refused a file, in a few words: the class it met, or our stand-ins'
+    reason (torch's own message is a paragraph of advice with terminal colour codes)."""
+    text = str(e)
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if m:
+        return f"class {m.group(1)} is not on the allow-list"
+    m = re.search(r"numpy scalar[^\n]*", text)
+    return m.group(0)[:200] if m else _squash(e)[:200]
+
+
 def _squash(e: BaseException) -> str:
-    """An exception's message on one line (at most 300 characters)."""
-    return " ".join(str(e).split())[:300] or type(e).__name__
+    """An exception's message on one line (at most 300 characters), without ANSI codes."""
+    return " ".join(str(GrokinterpError(str(e))).split())[:300] or type(e).__name__
 
 
 def _as_mapping(obj: Any) -> dict[str, Any]:
@@ -281,7 +343,7 @@ def _evaluate(model: torch.nn.Module, x: Tensor, y: Tensor) -> tuple[float, floa
     if len(y) == 0:
         return math.nan, math.nan
     with torch.no_grad():
-        logits = model(x).double()
+        logits = class_logits(model, x).double()
     loss = torch.nn.functional.cross_entropy(logits, y).item()
     return loss, (logits.argmax(-1) == y).double().mean().item()
 

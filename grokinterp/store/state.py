@@ -29,15 +29,18 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
 
 from grokinterp.config import GrokinterpError
 from grokinterp.store import atomic_write, atomic_write_text, torch_load
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that read or write tensors: whether a run has a resume state
+# (a sweep's bookkeeping) is a file test that must not wait for torch (issue 16).
 
 __all__ = [
     "LEGACY_STATE_FILE",
@@ -77,6 +80,8 @@ def encode_state(state: Any) -> tuple[Any, dict[str, torch.Tensor]]:
     ``{"__tensor__": "<key>"}`` with the key (its dotted path in the tree) in the tensor dict.
     Raises ``TypeError`` for anything else (a programming error, not bad input).
     """
+    import torch
+
     tensors: dict[str, torch.Tensor] = {}
     storages: set[tuple[str, int]] = set()
 
@@ -126,6 +131,8 @@ def encode_state(state: Any) -> tuple[Any, dict[str, torch.Tensor]]:
 
 def decode_state(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """Inverse of :func:`encode_state`; raises ``ValueError`` for a tree it did not write."""
+
+    import torch
 
     def dec(node: Any) -> Any:
         if node is None or isinstance(node, (bool, int, float, str)):
@@ -187,6 +194,8 @@ def save_resume_state(run_dir: str | Path, state: dict[str, Any]) -> None:
     so a reader never pairs a new tensors file with an old JSON unnoticed. A legacy
     ``latest.pt`` left by an older grokinterp is removed once the new state is in place.
     """
+    from safetensors.torch import save as save_safetensors_bytes
+
     run_dir = Path(run_dir)
     tree, tensors = encode_state(state)
     data = save_safetensors_bytes(tensors, metadata={"format": FORMAT})
@@ -214,6 +223,8 @@ def load_resume_state(run_dir: str | Path, trust_pickle: bool = False) -> dict[s
     module docstring for ``trust_pickle``). Every failure is a one-line GrokinterpError that
     names the file.
     """
+    from safetensors.torch import load as load_safetensors_bytes
+
     run_dir = Path(run_dir)
     json_path, tensors_path = run_dir / STATE_JSON, run_dir / STATE_TENSORS
     if not json_path.is_file():

@@ -34,6 +34,7 @@ from grokinterp.tasks import make_task, split_hash
 from grokinterp.training.engines import resolve_device, resolve_engine
 from grokinterp.training.group import STATE_KEYS, SeedGroup
 from grokinterp.training.numerics import cpu_determinism
+from grokinterp.training.trackers import open_trackers
 
 # Keys that may differ between a run on disk and the config it is resumed with.
 RESUMABLE_CHANGES = {
@@ -45,6 +46,7 @@ RESUMABLE_CHANGES = {
     ("train", "tf32"),
     ("train", "compile"),
     ("train", "threads"),  # results do not depend on the thread count (numerics.py)
+    ("train", "log"),  # trackers only read the metrics rows (trackers.py)
 }
 
 
@@ -186,6 +188,8 @@ def fit(
     resumed ``runs``. Seeds that diverge are marked ``"diverged"`` in ``run.json`` and, once the
     others are done, reported by a GrokinterpError."""
     fresh = runs is None
+    # Before Run.create: a tracker that fails to open leaves a fresh folder untouched.
+    trackers = open_trackers(group.configs, dirs, None if fresh else group.step, progress)
     if fresh:
         info = {
             "split_hash": split_hash(group.data.task),
@@ -199,22 +203,29 @@ def fit(
     try:
         logs = [open(d / "metrics.jsonl", "w" if fresh else "a") for d in dirs]  # noqa: SIM115
         if fresh:
-            for log, m in zip(logs, group.evaluate(list(range(group.n))), strict=True):
+            rows = group.evaluate(list(range(group.n)))
+            for log, m in zip(logs, rows, strict=True):
                 log.write(json.dumps(m) + "\n")
                 log.flush()
+            for t, m in zip(trackers, rows, strict=True):
+                t.log(m)
             group.checkpoint(list(range(group.n)), dirs)
-        outcome = _loop(group, logs, dirs, progress)
+        outcome = _loop(group, logs, dirs, progress, trackers)
     except BaseException:
         group.close(quiet=True)  # what was snapshotted is written (a KeyboardInterrupt too)
+        for t in trackers:
+            t.close(failed=True)
         raise
     finally:
         for f in logs:
             f.close()
+    for t in trackers:
+        t.close()
     group.close()
     return _finish(group, runs, *outcome)
 
 
-def _loop(group: SeedGroup, logs: list, dirs: list[Path], progress: bool):
+def _loop(group: SeedGroup, logs: list, dirs: list[Path], progress: bool, trackers: list):
     tc, n = group.tc, group.n
     active, stopped = [True] * n, [False] * n
     final, diverged = [tc.steps] * n, []
@@ -239,6 +250,7 @@ def _loop(group: SeedGroup, logs: list, dirs: list[Path], progress: bool):
                     continue
                 logs[i].write(json.dumps(m) + "\n")
                 logs[i].flush()
+                trackers[i].log(m)
                 if not math.isfinite(m["train_loss"]):
                     active[i], final[i] = False, step
                     diverged.append(i)

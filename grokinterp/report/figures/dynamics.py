@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 
 from grokinterp.analysis.curves import transition_step
 from grokinterp.config import GrokinterpError
+from grokinterp.report.figures._style import white_template
 
 __all__ = [
     "complexity_figure",
@@ -27,6 +28,8 @@ __all__ = [
     "norms_figure",
     "rank_figure",
     "robustness_figure",
+    "rqi_figure",
+    "slingshot_figure",
 ]
 
 SET_COLORS = {"train": "#1f77b4", "test": "#d62728", "random": "#7f7f7f"}
@@ -134,7 +137,7 @@ def _base(
     fig.update_xaxes(type="log" if log_x else "linear")
     fig.update_xaxes(title_text="step", row=rows, col=1)
     fig.update_layout(
-        title=title, height=260 + 240 * n_measure_rows, template="plotly_white", hovermode="x"
+        title=title, height=260 + 240 * n_measure_rows, **white_template(), hovermode="x"
     )
     return fig
 
@@ -372,4 +375,96 @@ def dynamics_figure(
                 row=row,
                 col=1,
             )
+    return fig
+
+
+def rqi_figure(
+    results: Mapping[str, Any],
+    metrics: Any = None,
+    baseline: float | None = None,
+    log_x: bool = True,
+    title: str | None = "Representation quality index (Liu et al. 2022)",
+) -> go.Figure:
+    """Circular (ring) and linear RQI of the embedding over training, with the ring plane's share
+    of the embedding's variance and, dotted, the RQI of unstructured angles (``baseline``)."""
+    steps = _x(_steps(results), log_x)
+    if "rqi/circular" not in results:
+        _need(results, "rqi/")
+    fig = _base(metrics, 1, ["RQI (fraction of parallelograms realised)"], log_x, title)
+    for key, name, color, dash in (
+        ("rqi/circular", "RQI, ring (mod p)", "#9467bd", None),
+        ("rqi/linear", "RQI, linear (paper)", "#8c564b", "dot"),
+        ("rqi/plane_variance", "variance in the ring's plane", "#7f7f7f", "dash"),
+    ):
+        if key in results:
+            fig.add_trace(
+                go.Scatter(
+                    x=steps,
+                    y=_arr(results[key]),
+                    name=name,
+                    mode="lines+markers" if dash is None else "lines",
+                    marker={"size": 4},
+                    line={"color": color, "dash": dash},
+                ),
+                row=2,
+                col=1,
+            )
+    if baseline is not None:
+        fig.add_hline(y=baseline, line={"dash": "dot", "color": "#aaa", "width": 1}, row=2, col=1)
+    fig.update_yaxes(title_text="RQI", range=[0, 1.05], row=2, col=1)
+    return fig
+
+
+def slingshot_figure(
+    results: Mapping[str, Any],
+    metrics: Any = None,
+    spike_steps: Sequence[int] = (),
+    log_x: bool = False,
+    title: str | None = "Loss spikes and last-layer norm (Thilak et al. 2022)",
+) -> go.Figure:
+    """Training loss (log scale) with the detected spikes marked, and the last layer's weight
+    norm, under the accuracy curves; a linear step axis by default (Slingshots come late)."""
+    steps = _x(_steps(results), log_x)
+    if "slingshot/last_layer_norm" not in results:
+        _need(results, "slingshot/")
+    fig = _base(metrics, 2, ["train loss", "last-layer weight norm ‖W_U‖"], log_x, title)
+    rows = [m for m in _rows(metrics) if m.get("train_loss") is not None]
+    if rows:
+        s = _x(np.array([m["step"] for m in rows], dtype=float), log_x)
+        loss = np.array([m["train_loss"] for m in rows], dtype=float)
+        fig.add_trace(
+            go.Scatter(x=s, y=loss, name="train loss", mode="lines", line={"color": "#1f77b4"}),
+            row=2,
+            col=1,
+        )
+        at = {int(m["step"]): float(m["train_loss"]) for m in rows}
+        marks = [t for t in spike_steps if t in at]
+        if marks:
+            fig.add_trace(
+                go.Scatter(
+                    x=marks,
+                    y=[at[t] for t in marks],
+                    name="spike",
+                    mode="markers",
+                    marker={"color": "#d62728", "size": 9, "symbol": "x"},
+                ),
+                row=2,
+                col=1,
+            )
+    fig.update_yaxes(title_text="loss", type="log", row=2, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=steps,
+            y=_arr(results["slingshot/last_layer_norm"]),
+            name="‖W_U‖",
+            mode="lines+markers",
+            marker={"size": 4},
+            line={"color": "#ff7f0e"},
+        ),
+        row=3,
+        col=1,
+    )
+    for t in spike_steps:
+        fig.add_vline(x=t, line={"dash": "dot", "color": "#d62728", "width": 1}, row=3, col=1)
+    fig.update_yaxes(title_text="norm", row=3, col=1)
     return fig

@@ -20,6 +20,7 @@ from plotly.subplots import make_subplots
 from grokinterp.analysis.curves import DEFAULT_THRESHOLD, grok_times
 from grokinterp.config import GrokinterpError
 from grokinterp.report.figures._results import as_array, result, result_steps
+from grokinterp.report.figures._style import white_template
 from grokinterp.report.figures.training import COLORS, checkpoint_slider_figure
 
 __all__ = [
@@ -147,7 +148,7 @@ def gini_comparison_figure(
         title=title or "Gini coefficient of the Fourier spectra (W_E solid, W_L dotted)",
         xaxis={"title": "step", "type": "log"},
         yaxis={"title": "Gini", "range": [0, 1]},
-        template="plotly_white",
+        **white_template(),
         height=400,
         legend={"orientation": "h", "y": -0.2},
     )

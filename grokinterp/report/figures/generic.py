@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 
 from grokinterp.config import GrokinterpError
 from grokinterp.report.figures._results import as_array
+from grokinterp.report.figures._style import white_template
 
 __all__ = ["series_figure"]
 
@@ -21,5 +22,5 @@ def series_figure(steps: Any, series: Mapping[str, Any], title: str = "") -> go.
     fig = go.Figure()
     for name, values in series.items():
         fig.add_trace(go.Scatter(x=x, y=as_array(values, float), mode="lines", name=name))
-    fig.update_layout(title=title, xaxis={"title": "step"}, template="plotly_white", height=360)
+    fig.update_layout(title=title, xaxis={"title": "step"}, **white_template(), height=360)
     return fig

@@ -28,6 +28,7 @@ from plotly.subplots import make_subplots
 
 from grokinterp.analysis.phases import PHASES, aggregate_phases
 from grokinterp.config import GrokinterpError
+from grokinterp.report.figures._style import white_template
 
 __all__ = [
     "PHASE_COLORS",
@@ -194,7 +195,7 @@ def phase_diagram_figure(
         title=title or "phase diagram",
         xaxis=dict(title=_axis_title(x), type="category"),
         yaxis=dict(title=_axis_title(y), type="category", showticklabels=bool(y)),
-        template="plotly_white",
+        **white_template(),
         height=max(260, 70 * len(ys) + 160),
     )
     return fig
@@ -261,7 +262,7 @@ def delay_heatmap_figure(
         or "median ratio generalize step / fit step (first steps at the accuracy threshold)",
         xaxis=dict(title=_axis_title(x), type="category"),
         yaxis=dict(title=_axis_title(y), type="category", showticklabels=bool(y)),
-        template="plotly_white",
+        **white_template(),
         height=max(260, 70 * len(ys) + 160),
     )
     return fig
@@ -398,7 +399,7 @@ def sweep_curves_figure(
     fig.update_annotations(font_size=10)
     fig.update_layout(
         title=title or "accuracy curves (dashed: train, solid: test; colour: phase)",
-        template="plotly_white",
+        **white_template(),
         height=max(300, 190 * rows + 80),
         margin=dict(t=80),
     )

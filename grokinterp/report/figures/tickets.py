@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 
 from grokinterp.analysis.curves import DEFAULT_THRESHOLD
 from grokinterp.config import GrokinterpError
+from grokinterp.report.figures._style import white_template
 
 __all__ = [
     "ticket_curves_figure",
@@ -87,7 +88,7 @@ def ticket_curves_figure(
         title=title or f"{metric.replace('_', ' ')} over training: ticket vs controls",
         xaxis_title="step",
         yaxis_title=metric.replace("_", " "),
-        template="plotly_white",
+        **white_template(),
         legend_title="run",
     )
     return fig
@@ -124,7 +125,7 @@ def mask_similarity_figure(steps: Sequence[int], jaccard, title: str | None = No
             f"jaccard must have shape [{len(s)}] or [{len(s)}, {len(s)}], got {j.shape}"
         )
     fig.update_layout(
-        title=title or "Ticket (magnitude mask) similarity over training", template="plotly_white"
+        title=title or "Ticket (magnitude mask) similarity over training", **white_template()
     )
     return fig
 
@@ -169,6 +170,6 @@ def mask_density_figure(mask: Mapping[str, object], title: str | None = None) ->
         title=title or "Kept fraction per tensor",
         yaxis_title="kept fraction",
         yaxis_range=[0, 1],
-        template="plotly_white",
+        **white_template(),
     )
     return fig

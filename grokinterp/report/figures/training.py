@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 
 from grokinterp.analysis.curves import DEFAULT_THRESHOLD
 from grokinterp.config import GrokinterpError
+from grokinterp.report.figures._style import white_template
 
 __all__ = [
     "COLORS",
@@ -87,7 +88,7 @@ def _layout(fig: go.Figure, title: str, ytitle: str, log_y: bool = False) -> go.
         title=title,
         xaxis={"title": "step (log scale)", "type": "log"},
         yaxis={"title": ytitle, "type": "log" if log_y else "linear"},
-        template="plotly_white",
+        **white_template(),
         height=380,
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
         legend={"orientation": "h", "y": -0.2},
@@ -252,7 +253,7 @@ def checkpoint_slider_figure(
             "type": "log" if log_y else "linear",
             **({} if log_y else {"range": [0, 1.05 * ymax if ymax > 0 else 1]}),
         },
-        template="plotly_white",
+        **white_template(),
         height=420,
         showlegend=False,
         margin={"l": 60, "r": 20, "t": 50, "b": 40},

@@ -27,6 +27,7 @@ from grokinterp.analysis.curves import DEFAULT_THRESHOLD
 from grokinterp.config import GrokinterpError
 from grokinterp.report.figures import training
 from grokinterp.report.figures._results import as_array, result, result_steps
+from grokinterp.report.figures._style import white_template
 from grokinterp.report.figures.training import norm_trajectory_figure
 
 __all__ = [
@@ -238,7 +239,7 @@ def transfer_share_figure(
         ),
         xaxis={"title": "step", "type": "log"},
         yaxis={"title": "fraction", "range": [0, 1.05]},
-        template="plotly_white",
+        **white_template(),
         legend={"orientation": "h", "y": -0.2},
     )
     return fig

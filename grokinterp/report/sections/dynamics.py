@@ -7,7 +7,7 @@ the midpoint of the test-accuracy jump; layers are named by their TransformerLen
 
 from __future__ import annotations
 
-from grokinterp.analysis.curves import complexity_phases, drop_step, transition_step
+from grokinterp.analysis.curves import complexity_phases, transition_step
 from grokinterp.report.figures import dynamics as figures
 from grokinterp.report.sections.base import (
     AnalysisData,
@@ -18,7 +18,14 @@ from grokinterp.report.sections.base import (
     register_section,
 )
 
-__all__ = ["complexity_reading", "norms_reading", "rank_reading", "robustness_reading"]
+__all__ = [
+    "complexity_reading",
+    "norms_reading",
+    "rank_reading",
+    "robustness_reading",
+    "rqi_reading",
+    "slingshot_reading",
+]
 
 
 def _vs_grokking(rd: RunData, step: float | None) -> str:
@@ -40,37 +47,76 @@ def _half_way(steps, values) -> int | None:
 # ----------------------------------------------------------------------------- rank
 
 
+def _rank_summary(data: AnalysisData, rd: RunData) -> dict:
+    from grokinterp.analysis.rank import rank_summary
+
+    assert data.results is not None
+    results = {k[len("rank/") :]: v for k, v in data.results.items() if k.startswith("rank/")}
+    results["steps"] = data.results["steps"]
+    return rank_summary(rd.run, results, metrics=rd.metrics)
+
+
 def rank_reading(data: AnalysisData, rd: RunData) -> str:
-    """Two sentences: the layer whose effective rank drops most, and its numerical rank."""
+    """Two sentences: the layer whose effective rank falls most *around generalisation* (the
+    window of :func:`~grokinterp.analysis.curves.generalization_window`, so a fall during
+    memorisation is not read as Fan et al.'s drop), then the layers whose rank is pinned by the
+    rank of the input data (they cannot drop), or the layer's numerical rank."""
     layers = [k.split("/", 2)[2] for k in data.results or {} if k.startswith("rank/effective/")]
     if not layers:
         return "No layer's feature rank was recorded."
-
-    def rel_drop(layer: str) -> float:
-        v = data.get(f"effective/{layer}")
-        return (v.max() - v[-1]) / max(v.max(), 1e-12)
-
-    layer = max(layers, key=rel_drop)
-    v = data.get(f"effective/{layer}")
-    d = drop_step(data.steps, v)
-    first = (
-        f"The effective rank of {figures.hook_name(layer)} goes from {v[0]:.1f} to {v[-1]:.1f} "
-        f"(peak {v.max():.1f})"
-        + (
-            f", half-way down at step {fmt_step(d)}{_vs_grokking(rd, d)}."
-            if d is not None
-            else ", with no marked drop."
+    s = _rank_summary(data, rd)
+    order = s["layers"]
+    win = s["generalization_window"]
+    fracs = s["drop_fraction_near_generalization"]
+    if win is None:
+        j = max(
+            range(len(order)),
+            key=lambda i: s["effective_rank_max"][i] - s["effective_rank_final"][i],
         )
-    )
-    n_layers = f"{len(layers)} layer{'s' if len(layers) > 1 else ''}"
-    if data.has(f"numerical/{layer}"):
-        n = data.get(f"numerical/{layer}")
+        d = s["rank_drop_step"][j]
+        first = (
+            f"The run does not generalise, so there is no drop with generalisation to find; the "
+            f"effective rank of {figures.hook_name(order[j])} goes from "
+            f"{s['effective_rank_start'][j]:.1f} to {s['effective_rank_final'][j]:.1f}"
+            + (f", its largest fall half-way at step {fmt_step(d)}." if d is not None else ".")
+        )
+        j_main = j
+    else:
+        j_main = max(range(len(order)), key=lambda i: fracs[i])
+        d = s["drop_step_near_generalization"][j_main]
+        span = f"steps {fmt_step(win[0])}–{fmt_step(win[1])}"
+        if d is not None:
+            first = (
+                f"Around generalisation ({span}; test accuracy reaches the threshold at step "
+                f"{fmt_step(s['generalize_step'])}), the effective rank of "
+                f"{figures.hook_name(order[j_main])} falls by {fmt_pct(fracs[j_main])}, half-way "
+                f"at step {fmt_step(d)}{_vs_grokking(rd, d)}."
+            )
+        else:
+            early = [x for x in s["rank_drop_step"] if x is not None and x < win[0]]
+            first = f"No layer's effective rank falls around generalisation ({span})" + (
+                f"; the falls of the run are during memorisation (by step {fmt_step(max(early))})."
+                if early
+                else "."
+            )
+    pinned = s["cannot_drop"]
+    if pinned:
+        k = order.index(pinned[0])
         second = (
-            f"Its numerical rank goes from {n[0]:.0f} to {n[-1]:.0f}; "
-            f"{n_layers} analysed at {len(data.steps)} checkpoints."
+            f"The rank of {', '.join(figures.hook_name(x) for x in pinned)} is pinned at "
+            f"{s['rank_cap'][k]}, the rank of the input data (width {s['layer_width'][k]}): "
+            "it cannot drop, so only later layers can show the drop."
+        )
+    elif data.has(f"numerical/{order[j_main]}"):
+        n = data.get(f"numerical/{order[j_main]}")
+        cap = s["rank_cap"][j_main]
+        second = (
+            f"Its numerical rank goes from {n[0]:.0f} to {n[-1]:.0f}"
+            + (f" (at most {cap}: {s['cap_source'][j_main]})" if cap is not None else "")
+            + f"; {len(order)} layers analysed at {len(data.steps)} checkpoints."
         )
     else:
-        second = f"{n_layers} analysed at {len(data.steps)} checkpoints."
+        second = f"{len(order)} layers analysed at {len(data.steps)} checkpoints."
     return f"{first} {second}"
 
 
@@ -231,3 +277,122 @@ def _robustness_section(rd: RunData) -> Rendered:
     data = rd.analysis("robustness")
     fig = figures.robustness_figure(data.results, rd.metrics)
     return [fig], robustness_reading(data, rd)
+
+
+# ----------------------------------------------------------------------------- rqi
+
+
+def rqi_reading(data: AnalysisData, rd: RunData) -> str:
+    """Two sentences: the ring RQI's rise (Liu et al. 2022) against generalisation, then the
+    linear RQI and the ring plane's share of the embedding's variance."""
+    from grokinterp.analysis.curves import half_rise_step
+    from grokinterp.analysis.rqi import random_circular_rqi
+
+    if not data.has("circular"):
+        return "No representation quality index was recorded."
+    c = data.get("circular")
+    half = half_rise_step(data.steps, c) if len(c) > 1 else None
+    first = (
+        f"The ring RQI (parallelograms i + j ≡ m + n realised by the embedding's circle) goes "
+        f"from {c[0]:.2f} to {c[-1]:.2f} (unstructured: {random_circular_rqi():.2f})"
+        + (
+            f", half-way up at step {fmt_step(half)}{_vs_grokking(rd, half)}."
+            if half is not None
+            else "."
+        )
+    )
+    parts = []
+    if data.has("linear"):
+        parts.append(f"the paper's linear RQI (integer sums) ends at {data.get('linear')[-1]:.2f}")
+    if data.has("plane_variance"):
+        parts.append(
+            f"the ring's plane holds {fmt_pct(data.get('plane_variance')[-1])} of the "
+            "embedding's variance"
+        )
+    second = ("At the last checkpoint " + " and ".join(parts) + ".") if parts else ""
+    return f"{first} {second}".strip()
+
+
+@register_section(
+    "rqi",
+    "Representation quality",
+    "rqi",
+    "Liu et al. 2022 (Towards understanding grokking: an effective theory of representation "
+    "learning): generalisation comes with a structured embedding, in which a + b = c + d implies "
+    "E_a + E_b ≈ E_c + E_d (for modular addition: a ring on which addition is a rotation).",
+    order=24,
+)
+def _rqi_section(rd: RunData) -> Rendered:
+    from grokinterp.analysis.rqi import random_circular_rqi
+
+    data = rd.analysis("rqi")
+    fig = figures.rqi_figure(data.results, rd.metrics, baseline=random_circular_rqi())
+    return [fig], rqi_reading(data, rd)
+
+
+# ----------------------------------------------------------------------------- slingshot
+
+
+def slingshot_reading(data: AnalysisData, rd: RunData) -> str:
+    """Two sentences: the training-loss spikes (Thilak et al. 2022) and where generalisation
+    falls among them, then the last-layer norm's growth before them."""
+    from grokinterp.analysis.slingshot import slingshot_summary
+
+    assert data.results is not None
+    results = {
+        k[len("slingshot/") :]: v for k, v in data.results.items() if k.startswith("slingshot/")
+    }
+    results["steps"] = data.results["steps"]
+    s = slingshot_summary(_MetricsRun(rd), results)
+    n = s["n_spikes"]
+    norm = f"the last-layer norm ‖W_U‖ goes from {s['last_layer_norm_start']:.3g} to {s['last_layer_norm_final']:.3g}"
+    if n == 0:
+        return f"The training loss has no spike (no Slingshot); {norm}."
+    steps = ", ".join(fmt_step(t) for t in s["spike_steps"][:6]) + ("…" if n > 6 else "")
+    gen, before = s["generalize_step"], s["spike_before_generalization"]
+    first = f"The training loss spikes {n} time{'s' if n > 1 else ''} (steps {steps})" + (
+        f"; test accuracy reaches the threshold at step {fmt_step(gen)}, "
+        + (
+            f"{fmt_step(gen - before)} steps after the spike at step {fmt_step(before)}."
+            if before is not None
+            else "before any spike."
+        )
+        if gen is not None
+        else "; the run does not generalise."
+    )
+    growth = [g for g in s["norm_growth_before_spike"] if g is not None]
+    grew = sum(g > 1 for g in growth)
+    second = (
+        f"Before {grew} of {len(growth)} spikes the last-layer norm had grown since the previous "
+        f"one (Thilak et al.'s Slingshot cycle); {norm}."
+        if growth
+        else f"{norm[0].upper()}{norm[1:]}."
+    )
+    return f"{first} {second}"
+
+
+class _MetricsRun:
+    """What :func:`~grokinterp.analysis.slingshot.slingshot_summary` reads of a run: its
+    metrics (the report's own copy) and its steps."""
+
+    def __init__(self, rd: RunData):
+        self.metrics = rd.metrics
+        self.steps = list(rd.run.steps) if rd.run is not None else []
+
+
+@register_section(
+    "slingshot",
+    "Loss spikes (Slingshot)",
+    "slingshot",
+    "Thilak et al. 2022 (The Slingshot mechanism): with adaptive optimizers, the last layer's "
+    "norm grows, the training loss spikes, and grokking happens at the onset of such a cycle.",
+    order=25,
+)
+def _slingshot_section(rd: RunData) -> Rendered:
+    from grokinterp.analysis.slingshot import loss_spikes
+
+    data = rd.analysis("slingshot")
+    rows = [m for m in rd.metrics if m.get("train_loss") is not None]
+    spikes = loss_spikes([m["step"] for m in rows], [m["train_loss"] for m in rows]) if rows else []
+    fig = figures.slingshot_figure(data.results, rd.metrics, [sp.step for sp in spikes])
+    return [fig], slingshot_reading(data, rd)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from grokinterp.config import TrainConfig
+from grokinterp.models import class_logits
 from grokinterp.training.engines.base import Engine, TrainData
 from grokinterp.training.numerics import loss_fn
 
@@ -35,12 +36,12 @@ class EagerEngine(Engine):
     def loss(self, x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor:
         if x is None:
             x, y = self.data.x_train, self.data.y_train
-        return loss_fn(self.tc.loss, self.model(x), y)
+        return loss_fn(self.tc.loss, class_logits(self.model, x), y)
 
     def eval_logits(self, prepared: torch.Tensor) -> torch.Tensor:
         self.model.eval()
         try:
-            return self.model(prepared).unsqueeze(0)
+            return class_logits(self.model, prepared).unsqueeze(0)
         finally:
             self.model.train()
 
