@@ -125,15 +125,28 @@ def run_notebook(monkeypatch, tmp_path):
     return run
 
 
-def copy_of_demo_run(tmp_path: Path) -> Path | None:
-    """A copy (without analysis cache or resume state) of a trained demo run in checkpoints/."""
+@pytest.fixture(scope="session")
+def _grokked_demo(tmp_path_factory) -> Path:
+    """A grokked demo run: checkpoints/demo if there, else trained once for the whole session
+    (several slow tests read one; training it each time cost minutes of CI)."""
     for name in ("demo", "demo_fourier"):
-        src = ROOT / "checkpoints" / name
-        if (src / "run.json").is_file():
-            dst = tmp_path / "demo"
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("analysis", "state"))
-            return dst
-    return None
+        if (ROOT / "checkpoints" / name / "run.json").is_file():
+            return ROOT / "checkpoints" / name
+    from grokinterp.config import load_preset
+    from grokinterp.training import train
+
+    torch.set_num_threads(1)
+    return train(
+        load_preset("demo"), tmp_path_factory.mktemp("grokked") / "demo", progress=False
+    ).path
+
+
+@pytest.fixture
+def grokked_demo(_grokked_demo: Path, tmp_path: Path) -> Path:
+    """A private copy (without the analysis cache) of the session's grokked demo run."""
+    dst = tmp_path / "demo"
+    shutil.copytree(_grokked_demo, dst, ignore=shutil.ignore_patterns("analysis", ".lock"))
+    return dst
 
 
 # Parametrize a test over the CPU and (where there is one) a CUDA GPU.

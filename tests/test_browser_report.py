@@ -152,18 +152,19 @@ def test_demo_report_screenshots(tmp_path):
     _screenshot_demo(demo, tmp_path)
 
 
-@pytest.mark.slow  # trains the demo (about a minute): run by `make test-slow`
-def test_demo_report_screenshots_from_the_main_job(tmp_path):
-    """On a clean clone: `grokinterp run` (train → analyze → report) into a temporary folder,
-    then the same rendering checks and screenshots as above."""
+@pytest.mark.slow  # analyses a grokked demo run (trained once per session): `make test-slow`
+def test_demo_report_screenshots_from_the_main_job(tmp_path, grokked_demo):
+    """`grokinterp run` (train → analyze → report) on a copy of a finished demo run — it trains
+    nothing more, analyses every checkpoint and writes the report — then the same rendering
+    checks and screenshots as above."""
     _chromium()
     from typer.testing import CliRunner
 
     from grokinterp.cli import app
 
-    result = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "demo"), "--quiet"])
+    result = CliRunner().invoke(app, ["run", "--out", str(grokked_demo), "--quiet"])
     assert result.exit_code == 0, result.output
-    _screenshot_demo(tmp_path / "demo", tmp_path)
+    _screenshot_demo(grokked_demo, tmp_path)
 
 
 @pytest.mark.slow  # printing and kaleido start extra browsers: run by `make test-slow`

@@ -1,21 +1,22 @@
 """Execute notebooks/03_dynamics.ipynb from a copy outside the repository (< 3 min on 2 cores)
 and check that the measured quantities move as the notebook says they do.
 
-It trains the omnigrok-digits preset and uses a copy of the demo run when one exists in
-checkpoints/ (else trains the demo too), so that no shared run's analysis cache is touched.
+It trains the omnigrok-digits preset and reads a private copy of the session's grokked demo run
+(tests/conftest.py), so that no shared run's analysis cache is touched.
 """
 
 import pytest
 
-from tests.conftest import copy_of_demo_run, static_images_available
+from tests.conftest import static_images_available
 
 
 @pytest.mark.slow
-def test_dynamics_notebook(tmp_path, run_notebook):
-    demo = copy_of_demo_run(tmp_path)
-    env = {"GROKINTERP_DEMO_RUN": demo} if demo else {}  # else the default folder (trained)
+def test_dynamics_notebook(tmp_path, run_notebook, grokked_demo):
     nb = run_notebook(
-        "03_dynamics.ipynb", timeout=900, GROKINTERP_DIGITS_RUN=tmp_path / "digits", **env
+        "03_dynamics.ipynb",
+        timeout=900,
+        GROKINTERP_DIGITS_RUN=tmp_path / "digits",
+        GROKINTERP_DEMO_RUN=grokked_demo,
     )
     for name in ("rank", "complexity", "norms", "robustness"):
         assert (tmp_path / "digits" / "analysis" / f"{name}.safetensors").is_file()

@@ -157,7 +157,7 @@ def test_rqi_analysis_over_a_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_run_rqi_rises_and_rank_drops_with_generalisation(tmp_path):
+def test_demo_run_rqi_rises_and_rank_drops_with_generalisation(grokked_demo):
     """The effects on a real grokking run (the demo preset, CPU, ~3 min): the ring RQI climbs
     from the unstructured baseline as test accuracy rises (measured: 0.03 → 0.43, half-way at
     step 2650, test accuracy at 95 % at step 2820), and the summary finds the MLP's rank drop
@@ -165,13 +165,9 @@ def test_demo_run_rqi_rises_and_rank_drops_with_generalisation(tmp_path):
     from grokinterp.analysis import over_training
     from grokinterp.analysis.rank import rank_summary
     from grokinterp.analysis.rqi import rqi_summary
-    from grokinterp.config import load_preset
     from grokinterp.store import Run
-    from grokinterp.training import train
-    from tests.conftest import copy_of_demo_run
 
-    demo = copy_of_demo_run(tmp_path)
-    run = Run.open(demo) if demo else train(load_preset("demo"), tmp_path / "demo", progress=False)
+    run = Run.open(grokked_demo)
     res = over_training(run, ["rqi", "rank"], progress=False, device="cpu")
     r = rqi_summary(run, res.of("rqi"))
     gen = r["generalize_step"]

@@ -284,12 +284,11 @@ def test_dla_session_on_a_trained_model(trained):
 
 
 @pytest.mark.slow
-def test_dla_session_on_the_grokked_demo(tmp_path):
+def test_dla_session_on_the_grokked_demo(grokked_demo):
     """The demo preset (Nanda et al. 2023 at CPU size) trained to grokking, then the same session."""
-    from grokinterp.config import load_preset
-    from grokinterp.training import train
+    from grokinterp.store import Run
 
-    run = train(load_preset("demo"), tmp_path / "demo", progress=False)
+    run = Run.open(grokked_demo)
     assert max(m.get("test_acc", 0) for m in run.metrics) >= 0.99  # grokked (early stop)
     model = run.model(run.steps[-1]).eval()
     _dla_session(model, run.task(), bridge=to_transformer_bridge(model))

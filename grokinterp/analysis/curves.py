@@ -33,6 +33,7 @@ __all__ = [
     "first_crossing",
     "generalization_window",
     "grok_times",
+    "fall_below_step",
     "half_drop_step",
     "half_rise_step",
     "largest_drop",
@@ -238,6 +239,19 @@ def half_drop_step(steps: Any, values: Any) -> int | None:
         return None
     mid = (y[i_max] + y[-1]) / 2
     return next(int(s[i]) for i in range(i_max, len(y)) if y[i] <= mid)
+
+
+def fall_below_step(steps: Any, values: Any, level: float) -> int | None:
+    """First step, from the curve's maximum on, at which it is at or below ``level``; None if it
+    never gets there.
+
+    With one ``level`` for two curves (e.g. half the chance loss, ``log(C) / 2``) it marks when
+    each *begins* to fall, comparably: Nanda et al. 2023's "restricted loss falls before test
+    loss". (:func:`half_drop_step` measures each curve against its own final value, so a curve
+    that ends at 1e-8 is marked far later than one that ends at 1e-2.)"""
+    s, y = _floats(steps), _floats(values)
+    i_max = max(range(len(y)), key=lambda i: (y[i], -i))
+    return next((int(s[i]) for i in range(i_max, len(y)) if y[i] <= level), None)
 
 
 def half_rise_step(steps: Any, values: Any) -> int | None:

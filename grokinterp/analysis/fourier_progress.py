@@ -38,8 +38,8 @@ from grokinterp.analysis import fourier as F
 from grokinterp.analysis.batch import CheckpointBatch, class_logits, last_position_only
 from grokinterp.analysis.curves import (
     excluded_rise,
+    fall_below_step,
     grok_times,
-    half_drop_step,
     half_rise_step,
 )
 from grokinterp.analysis.registry import Measure, register_analysis
@@ -65,8 +65,8 @@ SUMMARY_LABELS = {
     "key_frequencies": "key frequencies",
     "excluded_rise_step": "excluded loss starts rising (step)",
     "excluded_peak_step": "excluded loss peak (step)",
-    "restricted_loss_fall_step": "restricted loss half-way down (step)",
-    "test_loss_fall_step": "test loss half-way down (step)",
+    "restricted_loss_fall_step": "restricted loss below half the chance loss (step)",
+    "test_loss_fall_step": "test loss below half the chance loss (step)",
     "embed_gini_start": "Gini of W_E spectrum, start",
     "embed_gini_final": "Gini of W_E spectrum, final",
     "embed_gini_rise_step": "Gini of W_E half-way up (step)",
@@ -436,6 +436,9 @@ def fourier_summary(
     if metrics is not None:
         times = grok_times(metrics)
         out.update(fit_step=times.fit_step, generalize_step=times.generalize_step)
+    # When a loss falls: first below half the chance loss log(C), C = 2K + 1 classes — one level
+    # for restricted and test loss, so that "restricted falls first" compares like with like
+    half_chance = math.log(2 * r["embed_norms"].shape[-1] + 1) / 2
     out.update(
         key_frequencies=(torch.nonzero(r["key_mask"][-1]).squeeze(1) + 1).tolist(),
         embed_gini_start=float(r["embed_gini"][0]),
@@ -444,7 +447,7 @@ def fourier_summary(
         wl_gini_start=float(r["wl_gini"][0]),
         wl_gini_final=float(r["wl_gini"][-1]),
         wl_gini_rise_step=half_rise_step(steps, r["wl_gini"]),
-        test_loss_fall_step=half_drop_step(steps, r["test_loss"]),
+        test_loss_fall_step=fall_below_step(steps, r["test_loss"], half_chance),
         weight_norm_start=float(r["weight_norm"][0]),
         weight_norm_final=float(r["weight_norm"][-1]),
         neurons_85_final=float(r["neurons_85"][-1]),
@@ -454,7 +457,7 @@ def fourier_summary(
         out.update(
             excluded_rise_step=start,
             excluded_peak_step=peak,
-            restricted_loss_fall_step=half_drop_step(steps, r["restricted_loss"]),
+            restricted_loss_fall_step=fall_below_step(steps, r["restricted_loss"], half_chance),
             logit_key_fraction_final=float(r["logit_key_fraction"][-1]),
             restricted_loss_final=float(r["restricted_loss"][-1]),
             excluded_loss_final=float(r["excluded_loss"][-1]),

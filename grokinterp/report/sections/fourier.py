@@ -37,20 +37,20 @@ def fourier_reading(results: Mapping[str, torch.Tensor]) -> str:
     if "excluded_rise_step" in s and s["excluded_peak_step"] <= s["excluded_rise_step"]:
         second = (
             f"Excluded loss does not rise over these checkpoints (final "
-            f"{fmt_num(s['excluded_loss_final'])}), and test loss is half-way down at step "
-            f"{fmt_step(s.get('test_loss_fall_step'))}."
+            f"{fmt_num(s['excluded_loss_final'])}), and test loss falls below half the chance "
+            f"loss at step {fmt_step(s.get('test_loss_fall_step'))}."
         )
     elif "excluded_rise_step" in s:
         second = (
             f"Excluded loss rises from step {fmt_step(s['excluded_rise_step'])} (peak at step "
-            f"{fmt_step(s['excluded_peak_step'])}), and restricted loss is half-way down at step "
-            f"{fmt_step(s.get('restricted_loss_fall_step'))}, test loss at step "
+            f"{fmt_step(s['excluded_peak_step'])}), and restricted loss falls below half the "
+            f"chance loss at step {fmt_step(s.get('restricted_loss_fall_step'))}, test loss at step "
             f"{fmt_step(s.get('test_loss_fall_step'))}."
         )
     else:
         second = (
             f"{fmt_pct(s['neurons_85_final'])} of MLP neurons end with over 85% of their variance "
-            f"in one frequency, and test loss is half-way down at step {fmt_step(s.get('test_loss_fall_step'))}."
+            f"in one frequency, and test loss falls below half the chance loss at step {fmt_step(s.get('test_loss_fall_step'))}."
         )
     return f"{first} {second}"
 
