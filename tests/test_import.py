@@ -352,3 +352,10 @@ def test_cli_import(tmp_path):
         app, ["import", "tl-demo", str(path), "--out", str(tmp_path / "r2"), "--seed", "1"]
     )
     assert res.exit_code == 2 and "progress-measures only" in res.output
+
+
+def test_progress_measures_file_without_weights_is_a_clear_error(tmp_path):
+    path = tmp_path / "empty.pth"
+    torch.save({"state_dicts": [], "epochs": []}, path)
+    with pytest.raises(GrokinterpError, match="no weights to import"):
+        import_run("progress-measures", path, tmp_path / "run")

@@ -27,6 +27,7 @@ from grokinterp.config import GrokinterpError
 __all__ = [
     "DEFAULT_THRESHOLD",
     "GrokTimes",
+    "as_floats",
     "complexity_phases",
     "drop_step",
     "excluded_rise",
@@ -43,10 +44,15 @@ __all__ = [
 DEFAULT_THRESHOLD = 0.95
 
 
-def _floats(values: Any) -> list[float]:
+def as_floats(values: Any, name: str = "values") -> list[float]:
+    """A curve (tensor or sequence; None → NaN) as a list of floats, else a GrokinterpError
+    naming ``name``."""
     if hasattr(values, "detach"):
         values = values.detach().cpu().flatten().tolist()
-    return [math.nan if v is None else float(v) for v in values]
+    try:
+        return [math.nan if v is None else float(v) for v in values]
+    except (TypeError, ValueError):
+        raise GrokinterpError(f"{name} must be a sequence of numbers") from None
 
 
 def check_level(level: float, name: str = "threshold") -> float:
@@ -62,7 +68,7 @@ def first_crossing(
     """First ``steps[i]`` from which ``values`` stays ≥ ``level`` for ``sustain`` consecutive
     evaluations (None if never). A streak still running when the curve ends counts: the budget,
     not the model, cut it short. NaN and None never reach the level."""
-    s, v = [int(a) for a in _floats(steps)], _floats(values)
+    s, v = [int(a) for a in as_floats(steps)], as_floats(values)
     if len(s) != len(v):
         raise GrokinterpError(
             f"steps and values must have the same length, got {len(s)} and {len(v)}"
@@ -151,7 +157,7 @@ def drop_step(steps: Any, values: Any, fraction: float = 0.5, min_drop: float = 
     """Step at which ``values`` has fallen ``fraction`` of the way from its maximum to the minimum
     that follows it; None if that fall is smaller than ``min_drop`` × the maximum (no real drop).
     Used for the feature-rank drop (Fan et al. 2024)."""
-    s, v = _floats(steps), _floats(values)
+    s, v = as_floats(steps), as_floats(values)
     if not v:
         return None
     i_max = max(range(len(v)), key=lambda i: v[i])
@@ -211,7 +217,7 @@ def largest_drop(
     """:func:`drop_step` of the part of the curve with ``lo ≤ step ≤ hi``, and the relative size
     of that fall, ``(max − min after it) / max`` (0.0 when the window has fewer than two points).
     The step is None when the fall is below ``min_drop`` (no real drop in the window)."""
-    s, v = _floats(steps), _floats(values)
+    s, v = as_floats(steps), as_floats(values)
     keep = [
         i
         for i in range(len(s))
@@ -232,8 +238,8 @@ def half_drop_step(steps: Any, values: Any) -> int | None:
 
     A threshold-free "when did this loss fall" marker, used to compare restricted and test loss
     (Nanda et al. 2023). None if the curve does not fall."""
-    s = _floats(steps)
-    y = [math.log(max(a, 1e-300)) for a in _floats(values)]
+    s = as_floats(steps)
+    y = [math.log(max(a, 1e-300)) for a in as_floats(values)]
     i_max = max(range(len(y)), key=lambda i: (y[i], -i))
     if y[-1] >= y[i_max]:
         return None
@@ -249,7 +255,7 @@ def fall_below_step(steps: Any, values: Any, level: float) -> int | None:
     each *begins* to fall, comparably: Nanda et al. 2023's "restricted loss falls before test
     loss". (:func:`half_drop_step` measures each curve against its own final value, so a curve
     that ends at 1e-8 is marked far later than one that ends at 1e-2.)"""
-    s, y = _floats(steps), _floats(values)
+    s, y = as_floats(steps), as_floats(values)
     i_max = max(range(len(y)), key=lambda i: (y[i], -i))
     return next((int(s[i]) for i in range(i_max, len(y)) if y[i] <= level), None)
 
@@ -257,7 +263,7 @@ def fall_below_step(steps: Any, values: Any, level: float) -> int | None:
 def half_rise_step(steps: Any, values: Any) -> int | None:
     """First step at which a rising curve has covered half of its range from its initial value
     to its maximum (linear scale; for the Gini coefficient of Nanda et al. 2023)."""
-    s, y = _floats(steps), _floats(values)
+    s, y = as_floats(steps), as_floats(values)
     top = max(y)
     if top <= y[0]:
         return None
@@ -268,7 +274,7 @@ def half_rise_step(steps: Any, values: Any) -> int | None:
 def excluded_rise(steps: Any, excluded: Any) -> tuple[int, int]:
     """``(start, peak)``: the excluded loss's peak step and the step of its minimum before the
     peak, where it starts to rise (Nanda et al. 2023: it rises during circuit formation)."""
-    s, y = _floats(steps), _floats(excluded)
+    s, y = as_floats(steps), as_floats(excluded)
     peak = max(range(len(y)), key=lambda i: (y[i], -i))
     start = min(range(peak + 1), key=lambda i: (y[i], i))
     return int(s[start]), int(s[peak])
@@ -294,7 +300,7 @@ def complexity_phases(
     descent so far). A phase is ``present`` when its change exceeds ``min_change`` × max |v|.
     Returns the steps and values of these points and the three presence flags.
     """
-    s, raw = _floats(steps), _floats(values)
+    s, raw = as_floats(steps), as_floats(values)
     if len(raw) < 2:
         raise GrokinterpError("complexity_phases needs at least two checkpoints")
     v = _smooth(raw, smooth)

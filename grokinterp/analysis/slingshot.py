@@ -35,7 +35,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from grokinterp.analysis.batch import CheckpointBatch
-from grokinterp.analysis.curves import grok_times
+from grokinterp.analysis.curves import as_floats, grok_times
 from grokinterp.analysis.registry import Measure, register_analysis
 from grokinterp.config import GrokinterpError
 
@@ -69,15 +69,6 @@ class Spike:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _floats(values: Any, name: str) -> list[float]:
-    if isinstance(values, Tensor):
-        values = values.detach().cpu().flatten().tolist()
-    try:
-        return [math.nan if v is None else float(v) for v in values]
-    except (TypeError, ValueError):
-        raise GrokinterpError(f"{name} must be a sequence of numbers") from None
 
 
 def _robust_sigma(values: Sequence[float]) -> float:
@@ -119,7 +110,7 @@ def loss_spikes(
     Returns:
         The spikes in step order (empty for a smooth or only-falling curve).
     """
-    s, y = _floats(steps, "steps"), _floats(loss, "loss")
+    s, y = as_floats(steps, "steps"), as_floats(loss, "loss")
     if len(s) != len(y):
         raise GrokinterpError(f"steps and loss must have one length, got {len(s)} and {len(y)}")
     if any(b <= a for a, b in zip(s, s[1:], strict=False)):
@@ -192,8 +183,8 @@ def spike_norms(
     end), and ``growth`` = ``norm_before`` / the norm at the end of the previous spike (the first
     checkpoint for the first one) — Thilak et al.'s norm growth in the stable phase before a
     Slingshot (> 1: the norm grew). None where no checkpoint lies on that side."""
-    s = [int(a) for a in _floats(steps, "steps")]
-    v = _floats(norms, "norms")
+    s = [int(a) for a in as_floats(steps, "steps")]
+    v = as_floats(norms, "norms")
     if len(s) != len(v):
         raise GrokinterpError(f"steps and norms must have one length, got {len(s)} and {len(v)}")
     out = []

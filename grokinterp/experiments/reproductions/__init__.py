@@ -24,14 +24,11 @@ from grokinterp.experiments.reproductions.base import (
     STATUSES,
     Context,
     Paper,
-    PaperOutcome,
-    ReproduceResult,
     Setting,
     Verdict,
-    plan,
-    reproduce,
-    verdicts_markdown,
 )
+from grokinterp.experiments.reproductions.runner import ReproduceResult, plan, reproduce
+from grokinterp.experiments.reproductions.table import PaperOutcome, verdicts_markdown
 
 PAPERS: dict[str, Paper] = {
     m.PAPER.key: m.PAPER

@@ -1,29 +1,25 @@
-"""What every paper reproduction shares: the entry, its sizes, the verdict, the run context, and
-the runner behind ``grokinterp reproduce``.
+"""What every paper reproduction shares: the entry, its sizes, the verdict and the run context.
 
 A reproduction (:class:`Paper`) is one module per paper in this package. It states the paper's
 claim in one line and the paper's own figure (from ``REFERENCES.md``), a ``cpu`` and a ``paper``
 :class:`Setting`, a ``run(ctx) -> results`` that trains what the claim needs, computes the
 paper's measures and returns plain JSON data, and a ``verdict(results) -> Verdict`` that checks
-the effect *quantitatively* on those numbers alone (so it is tested on planted results). ``configs(ctx)`` lists the configs ``run`` starts from, so
-that ``--dry-run`` validates a size without training. The
-runner (:func:`reproduce`) runs the chosen papers in registry order under an optional time
-budget and writes, per paper, ``<out>/<paper>/report.html`` (the run report of
-:func:`grokinterp.report.html.build_report`, with a verdict card on top) and ``verdict.json``,
-and for all of them ``<out>/VERDICTS.md``.
+the effect *quantitatively* on those numbers alone (so it is tested on planted results).
+``configs(ctx)`` lists the configs ``run`` starts from, so that ``--dry-run`` validates a size
+without training. The runner behind ``grokinterp reproduce`` is
+:mod:`grokinterp.experiments.reproductions.runner`; the verdict table,
+:mod:`grokinterp.experiments.reproductions.table`.
 
-Training goes through the ordinary run store, so a second ``reproduce`` reuses every finished
-run and every cached analysis: only the verdicts, tables and reports are rebuilt.
+Training goes through the ordinary run store (:meth:`Context.train`), so a second ``reproduce``
+reuses every finished run and every cached analysis: only the verdicts, tables and reports are
+rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import math
-import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,35 +27,32 @@ from typing import Any
 
 from grokinterp.analysis.curves import DEFAULT_THRESHOLD, grok_times
 from grokinterp.config import GrokinterpError, RunConfig, apply_overrides, load_preset, validate
-from grokinterp.store import Run, atomic_write_text, is_run_dir
+from grokinterp.store import Run, is_run_dir
 
 SIZES = ("cpu", "paper")
 STATUSES = ("reproduced", "partly", "not")
-# What a row of the verdict table says when a paper produced no verdict in this invocation.
-NOT_RUN_BUDGET = "not run (budget)"
-SKIPPED_NO_GPU = "skipped (no GPU)"
-FAILED = "failed"
 
 __all__ = [
-    "FAILED",
-    "NOT_RUN_BUDGET",
     "SIZES",
-    "SKIPPED_NO_GPU",
     "STATUSES",
     "Context",
     "Paper",
-    "PaperOutcome",
-    "ReproduceResult",
     "Setting",
     "Verdict",
+    "check_size",
+    "config_hash",
     "fmt_step",
     "grok",
     "jsonable",
-    "plan",
-    "reproduce",
+    "most",
     "status_of",
-    "verdicts_markdown",
 ]
+
+
+def check_size(size: str, sizes: Sequence[str] | Mapping[str, Any] = SIZES) -> None:
+    """A one-line error for a ``--size`` that is not one of ``sizes``."""
+    if size not in sizes:
+        raise GrokinterpError(f"--size {size!r} is not valid; allowed: {', '.join(SIZES)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,8 +114,7 @@ class Paper:
     configs: Callable[[Context], dict[str, RunConfig]] | None = None
 
     def setting(self, size: str) -> Setting:
-        if size not in self.sizes:
-            raise GrokinterpError(f"--size {size!r} is not valid; allowed: {', '.join(SIZES)}")
+        check_size(size, self.sizes)
         return self.sizes[size]
 
 
@@ -331,426 +323,3 @@ def _reuse(path: Path, cfg: RunConfig) -> tuple[bool, bool]:
             if old[section].get(key) != new[section].get(key):
                 return False, True
     return True, False
-
-
-# ---------------------------------------------------------------------------------------------
-# The runner
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PaperOutcome:
-    """One row of the verdict table: a verdict, or why there is none (``status`` is then
-    ``NOT_RUN_BUDGET``, ``SKIPPED_NO_GPU`` or ``FAILED``)."""
-
-    paper: str
-    title: str
-    claim: str
-    paper_figure: str
-    status: str
-    ours: str = ""
-    why: str = ""
-    seeds: int = 0
-    device: str = ""
-    seconds: float | None = None
-    # Training wall time of every run the verdict reads, from the runs' own records (run.json
-    # wall_time_s): the device time spent on them, whichever invocation trained them.
-    train_seconds: float | None = None
-    report: str | None = None
-    command: str = ""
-    size: str = ""
-    from_earlier: bool = False  # read from an earlier invocation's verdict.json
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class ReproduceResult:
-    """What :func:`reproduce` did: one outcome per paper in registry order, where the verdict
-    table went."""
-
-    out: Path
-    size: str
-    outcomes: list[PaperOutcome]
-    markdown: Path
-    seconds: float
-
-    def outcome(self, paper: str) -> PaperOutcome:
-        return next(o for o in self.outcomes if o.paper == paper)
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    from grokinterp.analysis.batch import resolve_device
-
-    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise GrokinterpError(f"--device {device!r} is not valid; allowed: auto, cpu, cuda")
-    dev = resolve_device(device)
-    return "cuda" if dev.type == "cuda" and torch.cuda.is_available() else "cpu"
-
-
-def select_papers(papers: str | Sequence[str], registry: Mapping[str, Paper]) -> list[str]:
-    """``"all"``, one key or a comma list (keys in any order; run in registry order)."""
-    names = [p.strip() for p in (papers.split(",") if isinstance(papers, str) else papers)]
-    names = [n for n in names if n]
-    if not names:
-        raise GrokinterpError(f"name a paper or 'all'; papers: {', '.join(registry)}")
-    if "all" in names:
-        return list(registry)
-    bad = [n for n in names if n not in registry]
-    if bad:
-        raise GrokinterpError(
-            f"unknown paper {', '.join(bad)}; papers: {', '.join(registry)} (or all)"
-        )
-    return [k for k in registry if k in names]
-
-
-def plan(
-    papers: str | Sequence[str] = "all",
-    *,
-    size: str = "cpu",
-    device: str = "auto",
-    seeds: int | None = None,
-    out: str | Path | None = None,
-    overrides: Sequence[str] = (),
-    registry: Mapping[str, Paper] | None = None,
-) -> list[dict[str, Any]]:
-    """What :func:`reproduce` would train, without training (``--dry-run``): per paper its
-    setting, estimated minutes and the configs it starts from, each built and validated (a bad
-    ``--set`` or setting fails here, on any machine: ``device="cuda"`` is not checked against
-    the hardware)."""
-    if registry is None:
-        from grokinterp.experiments.reproductions import PAPERS as registry
-    if size not in SIZES:
-        raise GrokinterpError(f"--size {size!r} is not valid; allowed: {', '.join(SIZES)}")
-    if device == "auto":
-        dev = _resolve_device("auto")
-    elif device in ("cpu", "cuda"):
-        dev = device
-    else:
-        raise GrokinterpError(f"--device {device!r} is not valid; allowed: auto, cpu, cuda")
-    root = Path(out) if out is not None else Path("checkpoints") / "reproductions" / size
-    rows = []
-    for key in select_papers(papers, registry):
-        paper = registry[key]
-        setting = paper.setting(size)
-        n = seeds or setting.seeds
-        ctx = Context(key, size, root / key, dev, list(range(n)), setting, list(overrides))
-        cfgs = paper.configs(ctx) if paper.configs else {}
-        rows.append(
-            {
-                "paper": key,
-                "title": paper.title,
-                "setting": setting.summary,
-                "minutes": setting.minutes,
-                "needs_gpu": setting.needs_gpu,
-                "seeds": n,
-                "configs": {
-                    name: {
-                        "task": c.task.name,
-                        "model": c.model.name,
-                        "steps": c.train.steps,
-                        "device": c.train.device,
-                        "dtype": c.train.dtype,
-                        "batch_size": c.train.batch_size,
-                    }
-                    for name, c in cfgs.items()
-                },
-                "command": _command(key, size, dev, n, overrides),
-            }
-        )
-    return rows
-
-
-def _command(paper: str, size: str, device: str, n_seeds: int, overrides: Sequence[str]) -> str:
-    sets = "".join(f" --set {o}" for o in overrides)
-    return f"grokinterp reproduce {paper} --size {size} --device {device} --seeds {n_seeds}{sets}"
-
-
-def reproduce(
-    papers: str | Sequence[str] = "all",
-    *,
-    size: str = "cpu",
-    device: str = "auto",
-    seeds: int | None = None,
-    out: str | Path | None = None,
-    budget_minutes: float | None = None,
-    overrides: Sequence[str] = (),
-    force: bool = False,
-    progress: bool = False,
-    registry: Mapping[str, Paper] | None = None,
-    on_event: Callable[[str, PaperOutcome], None] | None = None,
-) -> ReproduceResult:
-    """Run each chosen paper's reproduction at ``size`` and write its report and verdict.
-
-    Args:
-        papers: ``"all"``, a key of ``PAPERS`` or a comma list; run in registry order.
-        size: ``"cpu"`` (minutes on a laptop) or ``"paper"`` (the paper's setting, for a GPU).
-        device: ``"auto"`` (CUDA when there is one), ``"cpu"`` or ``"cuda"``.
-        seeds: number of seeds (seeds 0..N-1); default each setting's own.
-        out: the root folder (default ``checkpoints/reproductions/<size>``).
-        budget_minutes: stop starting papers once this much time has passed, and do not start a
-            paper whose estimated minutes exceed what is left; those are "not run (budget)".
-        overrides: ``section.key=value`` applied last to every config trained (smoke tests).
-        force: run a ``paper`` size that needs a GPU on a machine without one.
-        progress: progress bars while training and analysing.
-        on_event: called as ``on_event("start" | "done", outcome)`` (the CLI prints lines).
-    """
-    if registry is None:
-        from grokinterp.experiments.reproductions import PAPERS as registry
-    if size not in SIZES:
-        raise GrokinterpError(f"--size {size!r} is not valid; allowed: {', '.join(SIZES)}")
-    if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
-        raise GrokinterpError(f"--seeds {seeds!r} must be an integer ≥ 1 (the number of seeds)")
-    if budget_minutes is not None and not (budget_minutes > 0 and math.isfinite(budget_minutes)):
-        raise GrokinterpError(f"--budget-minutes {budget_minutes!r} must be a number > 0")
-    chosen = select_papers(papers, registry)
-    overrides = list(overrides)
-    if overrides:  # a bad --set fails here, before anything trains
-        apply_overrides(RunConfig(), [o for o in overrides if not o.startswith("task.")])
-    dev = _resolve_device(device)
-    root = Path(out) if out is not None else Path("checkpoints") / "reproductions" / size
-    root.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    budget = None if budget_minutes is None else 60.0 * budget_minutes
-    outcomes: dict[str, PaperOutcome] = {}
-    for key in chosen:
-        paper = registry[key]
-        setting = paper.setting(size)
-        n = seeds or setting.seeds
-        base = PaperOutcome(
-            key, paper.title, paper.claim, paper.paper_figure, "", seeds=n, device=dev,
-            command=_command(key, size, dev, n, overrides), size=size,
-        )  # fmt: skip
-        elapsed = time.perf_counter() - t0
-        if budget is not None and (elapsed >= budget or 60.0 * setting.minutes > budget - elapsed):
-            base.status = NOT_RUN_BUDGET
-            base.why = (
-                f"estimated {setting.minutes:g} min, {max(budget - elapsed, 0) / 60:.1f} min of "
-                f"the {budget_minutes:g}-minute budget left"
-            )
-            outcomes[key] = base
-            if on_event:
-                on_event("done", base)
-            continue
-        if setting.needs_gpu and dev != "cuda" and not force:
-            base.status = SKIPPED_NO_GPU
-            base.why = (
-                f"the paper size needs a GPU (estimated {setting.minutes:g} GPU minutes) and "
-                "none is here; run with --device cuda on a GPU machine, or --force"
-            )
-            outcomes[key] = base
-            if on_event:
-                on_event("done", base)
-            continue
-        if on_event:
-            on_event("start", base)
-        outcomes[key] = _run_paper(paper, base, setting, root, dev, n, overrides, progress)
-        if on_event:
-            on_event("done", outcomes[key])
-    rows = _table_rows(registry, outcomes, root, size)
-    md = root / "VERDICTS.md"
-    atomic_write_text(md, verdicts_markdown(rows, size))
-    return ReproduceResult(root, size, rows, md, time.perf_counter() - t0)
-
-
-def _run_paper(
-    paper: Paper,
-    base: PaperOutcome,
-    setting: Setting,
-    root: Path,
-    device: str,
-    n_seeds: int,
-    overrides: list[str],
-    progress: bool,
-) -> PaperOutcome:
-    """Run one paper; a failure is an outcome (the other papers still run), never raised —
-    except a KeyboardInterrupt."""
-    folder = root / paper.key
-    folder.mkdir(parents=True, exist_ok=True)
-    ctx = Context(
-        paper.key, base.size, folder, device, list(range(n_seeds)), setting, overrides, progress
-    )
-    t = time.perf_counter()
-    try:
-        results = jsonable(paper.run(ctx))
-        verdict = paper.verdict(results)
-    except Exception as e:  # noqa: BLE001 — one failing paper must not stop the others
-        base.status = FAILED
-        base.why = f"{type(e).__name__}: {' '.join(str(e).split())}"[:500]
-        base.seconds = time.perf_counter() - t
-        _write_verdict(folder, base, setting, {}, ctx.notes, None)
-        return base
-    base.seconds = time.perf_counter() - t
-    base.train_seconds = _train_seconds(ctx.used)
-    base.status, base.ours, base.why = verdict.status, verdict.ours, verdict.why
-    report = _write_report(ctx, paper, base, verdict)
-    base.report = str(report) if report else None
-    _write_verdict(folder, base, setting, results, ctx.notes, verdict)
-    if report:  # the card carries the final time (report building included)
-        _inject_card(report, paper, base, setting, ctx.notes)
-    return base
-
-
-def _train_seconds(folders: Sequence[Path]) -> float:
-    """The summed ``wall_time_s`` of every run folder under ``folders`` (each counted once)."""
-    total, seen = 0.0, set()
-    for folder in folders:
-        for meta in Path(folder).rglob("run.json"):
-            if meta.parent in seen:
-                continue
-            seen.add(meta.parent)
-            try:
-                total += float(json.loads(meta.read_text(encoding="utf-8")).get("wall_time_s") or 0)
-            except (OSError, ValueError, TypeError):
-                continue
-    return total
-
-
-def _write_verdict(
-    folder: Path,
-    outcome: PaperOutcome,
-    setting: Setting,
-    results: Mapping[str, Any],
-    notes: list[str],
-    verdict: Verdict | None,
-) -> None:
-    from grokinterp import __version__
-
-    data = {
-        **outcome.to_dict(),
-        "paper_says": verdict.paper if verdict else "",
-        "setting": setting.summary,
-        "estimated_minutes": setting.minutes,
-        "needs_gpu": setting.needs_gpu,
-        "notes": notes,
-        "results": results,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "grokinterp_version": __version__,
-    }
-    data.pop("from_earlier", None)
-    atomic_write_text(folder / "verdict.json", json.dumps(jsonable(data), indent=2))
-
-
-def _write_report(ctx: Context, paper: Paper, outcome: PaperOutcome, verdict: Verdict):
-    """The run report of the paper's runs (a comparison when several) at
-    ``<out>/<paper>/report.html``; None (with a note) when it cannot be built."""
-    if not ctx.report_runs:
-        return None
-    from grokinterp.report.html import build_report
-
-    path = ctx.out / "report.html"
-    try:
-        build_report(
-            ctx.report_runs,
-            path,
-            light=True,  # plotly from its CDN: reports small enough to commit
-            title=f"{paper.title} — reproduction ({outcome.size} size): {verdict.status}",
-        )
-    except Exception as e:  # noqa: BLE001 — the verdict stands without its report
-        ctx.notes.append(f"report not written: {type(e).__name__}: {e}")
-        return None
-    return path
-
-
-_STATUS_COLOUR = {"reproduced": "#1a7f37", "partly": "#9a6700", "not": "#cf222e"}
-
-
-def _inject_card(
-    path: Path, paper: Paper, outcome: PaperOutcome, setting: Setting, notes: list[str]
-) -> None:
-    """Put the verdict — the paper's figure next to ours — at the top of the report page."""
-    esc = html.escape
-    colour = _STATUS_COLOUR.get(outcome.status, "#57606a")
-    rows = [
-        ("claim", paper.claim),
-        ("paper", paper.paper_figure),
-        ("ours", outcome.ours),
-        ("why", outcome.why),
-        ("setting", setting.summary),
-        (
-            "run",
-            f"{outcome.seeds} seed(s) on {outcome.device}, {outcome.seconds or 0:.0f} s this call, "
-            f"{outcome.train_seconds or 0:.0f} s of training in all; "
-            f"{outcome.command}",
-        ),
-        *(("note", n) for n in notes),
-    ]
-    body = "".join(
-        f"<tr><th style='text-align:left;padding-right:1em;vertical-align:top'>{esc(k)}</th>"
-        f"<td>{esc(str(v))}</td></tr>"
-        for k, v in rows
-    )
-    card = (
-        f"<section class='verdict' style='border:2px solid {colour};border-radius:6px;"
-        f"padding:0.6em 1em;margin:1em'><h2 style='margin-top:0'>{esc(paper.title)}: "
-        f"<span style='color:{colour}'>{esc(outcome.status)}</span></h2>"
-        f"<table>{body}</table></section>"
-    )
-    text = path.read_text(encoding="utf-8")
-    m = re.search(r"<body[^>]*>", text)
-    text = text[: m.end()] + card + text[m.end() :] if m else card + text
-    atomic_write_text(path, text)
-
-
-def _earlier(folder: Path, size: str) -> PaperOutcome | None:
-    """The outcome an earlier invocation wrote to ``folder/verdict.json`` (same size), if any."""
-    path = folder / "verdict.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    if data.get("size") != size:
-        return None
-    fields = PaperOutcome.__dataclass_fields__
-    return PaperOutcome(**{k: v for k, v in data.items() if k in fields}, from_earlier=True)
-
-
-def _table_rows(
-    registry: Mapping[str, Paper], outcomes: Mapping[str, PaperOutcome], root: Path, size: str
-) -> list[PaperOutcome]:
-    """One row per paper in registry order: this invocation's outcome; else (budget, or not
-    chosen this time) the verdict an earlier invocation wrote into the same folder."""
-    rows = []
-    for key in registry:
-        now = outcomes.get(key)
-        if now is not None and now.status in (*STATUSES, FAILED):
-            rows.append(now)
-            continue
-        earlier = _earlier(root / key, size)
-        if earlier is not None and earlier.status in STATUSES:
-            rows.append(earlier)
-        elif now is not None:
-            rows.append(now)
-    return rows
-
-
-def _md(text: Any) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
-
-
-def verdicts_markdown(rows: Sequence[PaperOutcome], size: str) -> str:
-    """The verdict table as Markdown (``VERDICTS.md``; paste into RESULTS.md)."""
-    head = (
-        f"# Reproductions ({size} size)\n\n"
-        "Written by `grokinterp reproduce`; one row per paper. *s*: wall-clock of the paper in "
-        "the invocation that produced the row (training, analyses, report; runs and analyses "
-        "found finished are reused, so a repeat is quick; rows of earlier invocations are "
-        "marked †); *train s*: the training wall time of all the runs it reads, from their "
-        "own records, whichever invocation trained them.\n\n"
-        "| paper | claim | paper's figure | our figure | seeds | device | s | train s | verdict | why | command |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
-    )
-    lines = []
-    for r in rows:
-        secs = "" if r.seconds is None else f"{r.seconds:.0f}"
-        train = "" if r.train_seconds is None else f"{r.train_seconds:.0f}"
-        mark = " †" if r.from_earlier else ""
-        lines.append(
-            f"| {_md(r.title)} | {_md(r.claim)} | {_md(r.paper_figure)} | {_md(r.ours) or '—'} "
-            f"| {r.seeds or ''} | {_md(r.device)} | {secs}{mark} | {train} | **{_md(r.status)}** "
-            f"| {_md(r.why)} | `{_md(r.command)}` |"
-        )
-    return head + "\n".join(lines) + "\n"
