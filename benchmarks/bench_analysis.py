@@ -9,6 +9,8 @@ process and for every analysis that applies:
   time — what the driver did before batching) on ``--old-checkpoints`` evenly spread checkpoints,
   extrapolated linearly to all of them (the old path costs minutes per analysis);
 * **cached**: a second ``over_training`` call (must compute nothing);
+* **one call**: all of them in one ``over_training`` call from an empty cache, as ``grokinterp
+  analyze`` does (the checkpoints are read and stacked once and shared by the analyses);
 
 and prints the ratios new/old and (new total)/(training time). JSON goes to ``--json``.
 
@@ -62,11 +64,15 @@ def warm_up(run: Run, device: str) -> float:
     return time.perf_counter() - t
 
 
-def write_profile(run: Run, names: list[str], device: str, path: Path) -> None:
-    """Each analysis once more (from scratch) under torch.profiler and cProfile."""
+def write_profile(
+    run: Run, names: list[str], device: str, path: Path, with_torch: bool = True
+) -> None:
+    """Each analysis once more (from scratch) under cProfile and, ``with_torch``, torch.profiler
+    (whose kernel trace costs minutes on a GPU run of hundreds of checkpoints)."""
     import cProfile
     import io
     import pstats
+    from contextlib import nullcontext
 
     from torch.profiler import ProfilerActivity, profile
 
@@ -75,17 +81,15 @@ def write_profile(run: Run, names: list[str], device: str, path: Path) -> None:
     parts = []
     for name in names:
         prof_py = cProfile.Profile()
-        with profile(activities=acts) as prof:
+        with profile(activities=acts) if with_torch else nullcontext() as prof:
             prof_py.enable()
             over_training(run, [name], progress=False, device=device, force=True)
             sync(device)
             prof_py.disable()
         buf = io.StringIO()
         pstats.Stats(prof_py, stream=buf).sort_stats("tottime").print_stats(12)
-        parts.append(
-            f"===== {name}\n{prof.key_averages().table(sort_by=sort, row_limit=15)}\n"
-            f"{buf.getvalue()}"
-        )
+        ops = prof.key_averages().table(sort_by=sort, row_limit=15) if with_torch else ""
+        parts.append(f"===== {name}\n{ops}\n{buf.getvalue()}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
 
@@ -102,6 +106,11 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument(
         "--profile", type=Path, help="write each analysis's profile (top ops, Python) to this file"
+    )
+    ap.add_argument(
+        "--profile-python-only",
+        action="store_true",
+        help="profile with cProfile only (no torch.profiler kernel trace: seconds, not minutes)",
     )
     args = ap.parse_args()
     if args.threads:
@@ -166,6 +175,12 @@ def main() -> int:
             )
         total_new = sum(r["new_s"] for r in rows.values())
         total_old = sum(r["old_s_extrapolated"] for r in rows.values())
+        # what `grokinterp analyze` does: all of them in one call, sharing the stacked weights
+        sync(device)
+        t = time.perf_counter()
+        one = over_training(run, names, progress=False, device=device, force=True)
+        sync(device)
+        one_call = time.perf_counter() - t
         t = time.perf_counter()
         again = over_training(run, names, progress=False, device=device)
         all_cached = time.perf_counter() - t
@@ -179,6 +194,9 @@ def main() -> int:
             "analyses": rows,
             "total_new_s": total_new,
             "total_old_s_extrapolated": total_old,
+            "one_call_s": one_call,
+            "one_call_seconds": one.seconds,
+            "one_call_over_train": one_call / t_train,
             "new_over_train": total_new / t_train,
             "old_over_train": total_old / t_train,
             "all_cached_s": all_cached,
@@ -186,12 +204,16 @@ def main() -> int:
             "warmup_s": warmup_s,
         }
         print(
+            f"all in one call (weights shared): {one_call:.2f} s = {one_call / t_train:.2f}x "
+            f"training {dict((k, round(v, 2)) for k, v in one.seconds.items())}"
+        )
+        print(
             f"total: new {total_new:.1f} s = {total_new / t_train:.2f}x training; old "
             f"{total_old:.1f} s = {total_old / t_train:.1f}x training; second call "
             f"{all_cached:.2f} s ({summary['all_cached_computed']} computed)"
         )
         if args.profile:
-            write_profile(run, names, device, args.profile)
+            write_profile(run, names, device, args.profile, not args.profile_python_only)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(summary, indent=2))

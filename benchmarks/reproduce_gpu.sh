@@ -2,8 +2,9 @@
 # The paper-size reproductions of issue 17 on one GPU, as run through the `device` tool (its
 # image has PyTorch but not transformer-lens: wheels travel in .whl/, as in gpu_session.sh).
 #
-#   bash benchmarks/reproduce_gpu.sh nanda2023,minegishi2024,lee2024,xu2024     # ~7 GPU min
-#   bash benchmarks/reproduce_gpu.sh fan2024,humayun2024,liu2022,merrill2023    # ~6.5 GPU min
+#   bash benchmarks/reproduce_gpu.sh nanda2023,minegishi2024,lee2024            # ~6.5 GPU min
+#   bash benchmarks/reproduce_gpu.sh xu2024                                     # ~4.5 GPU min
+#   bash benchmarks/reproduce_gpu.sh fan2024,humayun2024,liu2022,merrill2023    # ~8.5 GPU min
 #
 # Runs go to $RUNS (default /tmp/repro: kept between calls on a warm machine, so a second call
 # reuses finished runs and merges VERDICTS.md); what is small enough to bring back (VERDICTS.md,

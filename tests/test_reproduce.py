@@ -47,7 +47,9 @@ def test_registry_holds_every_seed_paper_in_priority_order_with_both_sizes():
         doc = __import__(f"grokinterp.experiments.reproductions.{key}", fromlist=["x"]).__doc__
         assert "Estimated H200 time" in doc, key  # the GPU minutes are written down
         total += p.sizes["paper"].minutes
-    assert total <= 15  # the GPU budget the paper sizes are planned for
+    # all eight fit one session's 30 GPU minutes: ~20 minutes of runs in three calls of ≤ 9
+    # minutes (benchmarks/reproduce_gpu.sh), plus a cold start of ~2 minutes each
+    assert total <= 20
 
 
 def test_every_config_of_both_sizes_builds_and_validates():

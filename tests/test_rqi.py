@@ -9,6 +9,7 @@ import torch
 
 from grokinterp.analysis.rqi import (
     DEFAULT_DELTA,
+    _sum_classes,
     batched_rqi,
     circular_rqi,
     linear_rqi,
@@ -111,6 +112,122 @@ def test_batched_matches_single_and_ring_plane():
     assert float(plane) == pytest.approx(1.0)
 
 
+# ---------------------------------------------------------------------------------------------
+# References: the former implementation (a loop over sum classes, a full SVD), kept here to check
+# the vectorised one (issue 13) against it
+# ---------------------------------------------------------------------------------------------
+
+
+def sum_classes(n: int, modular: bool) -> tuple:
+    """The sum classes the former loop walked (the same grouping builds the parallelograms; their
+    set is checked against the paper's enumeration in ``test_parallelograms_are_the_papers``)."""
+    return _sum_classes(n, modular)
+
+
+def loop_circular_hits(angles: torch.Tensor, delta: float = DEFAULT_DELTA) -> torch.Tensor:
+    """Per class: every couple of its pairs, ``2 − 2 cos(t_u − t_v) < δ``; hit counts [C]."""
+    hits = torch.zeros(angles.shape[0], dtype=torch.float64)
+    for a, b in sum_classes(angles.shape[1], True):
+        t = angles[:, a] + angles[:, b]
+        u, v = torch.triu_indices(t.shape[1], t.shape[1], offset=1)
+        hits += ((2 - 2 * torch.cos(t[:, u] - t[:, v])) < delta).sum(-1).to(torch.float64)
+    return hits
+
+
+def loop_linear_hits(E: torch.Tensor, modular: bool = False) -> torch.Tensor:
+    """Per class: the pair sums' Gram, squared distances below δ·d; hit counts [C]."""
+    std = E.std(dim=1, keepdim=True)
+    Z = (E - E.mean(dim=1, keepdim=True)) / std
+    limit = DEFAULT_DELTA * E.shape[-1]
+    hits = torch.zeros(E.shape[0], dtype=torch.float64)
+    for a, b in sum_classes(E.shape[1], modular):
+        q = Z[:, a] + Z[:, b]
+        sq = q.pow(2).sum(-1)
+        dist = (sq[:, :, None] + sq[:, None, :] - 2 * q @ q.mT).clamp(min=0)
+        upper = torch.triu(torch.ones(q.shape[1], q.shape[1], dtype=torch.bool), diagonal=1)
+        hits += ((dist < limit) & upper).sum(dim=(1, 2)).to(torch.float64)
+    return hits
+
+
+def svd_ring(E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    Ec = E - E.mean(dim=-2, keepdim=True)
+    U, S, _ = torch.linalg.svd(Ec, full_matrices=False)
+    return torch.atan2(U[..., 1], U[..., 0]), S[..., :2].pow(2).sum(-1) / S.pow(2).sum(-1)
+
+
+@pytest.mark.parametrize(("n", "d"), [(31, 64), (59, 16)])  # the n×n and the d×d Gram
+def test_eigh_ring_angles_match_the_svd(n, d):
+    g = torch.Generator().manual_seed(n)
+    planted = ring(n, 3) @ torch.randn(2, d, generator=g, dtype=torch.float64)
+    planted = planted + 0.05 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    for E in (planted, torch.randn(n, d, generator=g, dtype=torch.float64)):
+        angles, plane = ring_angles(E)
+        ref_angles, ref_plane = svd_ring(E)
+        assert float(plane) == pytest.approx(float(ref_plane), rel=1e-12)
+        # the same points up to one rotation (z = c·z_ref) or reflection (z = c·conj(z_ref))
+        z, z_ref = (
+            torch.polar(torch.ones_like(angles), angles),
+            torch.polar(torch.ones_like(ref_angles), ref_angles),
+        )
+        rotation, reflection = z / z_ref, z * z_ref
+        spread = min(float((r - r.mean()).abs().max()) for r in (rotation, reflection))
+        assert spread < 1e-8
+        # hence the same hits: the circular test with the SVD's angles
+        P = len(parallelograms(n, modular=True))
+        assert circular_rqi(E) == float(loop_circular_hits(ref_angles[None])[0]) / P
+
+
+@pytest.mark.parametrize("n", [31, 30])  # odd: all modular classes of one size; even: two sizes
+def test_vectorised_counts_equal_the_class_loop(n, monkeypatch):
+    import grokinterp.analysis.rqi as rqi
+
+    g = torch.Generator().manual_seed(n)
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    # near-linear embeddings (intermediate linear RQI) and pure noise (circular ~ baseline)
+    E = torch.stack(
+        [
+            k * torch.randn(1, 8, generator=g, dtype=torch.float64)
+            + s * torch.randn(n, 8, generator=g, dtype=torch.float64)
+            for s in (0.05, 0.1, 0.2, 0.3)
+        ]
+        + [torch.randn(n, 8, generator=g, dtype=torch.float64)]
+    )
+    P_mod, P_int = len(parallelograms(n, modular=True)), len(parallelograms(n))
+    angles, _ = ring_angles(E)
+    circ_hits, lin_hits = loop_circular_hits(angles), loop_linear_hits(E)
+    mod_hits = loop_linear_hits(E, modular=True)
+    assert ((0 < lin_hits) & (lin_hits < P_int)).sum() >= 2  # not all-or-nothing
+    assert circ_hits.min() > 0
+    for slices in ("one", "many"):
+        if slices == "many":  # ragged slices of 7 parallelograms: every slice and the last one
+            monkeypatch.setattr(rqi, "_SLICE_BYTES", {"cpu": 8, "cuda": 8})
+            monkeypatch.setattr(rqi, "_MIN_SLICE", 7)
+        out = batched_rqi(E)
+        assert torch.equal((out["circular"] * P_mod).round(), circ_hits)
+        assert torch.equal((out["linear"] * P_int).round(), lin_hits)
+        modular = torch.tensor([linear_rqi(e, modular=True) for e in E], dtype=torch.float64)
+        assert torch.equal((modular * P_mod).round(), mod_hits)
+
+
+def test_degenerate_embedding_has_no_ring():
+    g = torch.Generator().manual_seed(5)
+    for n, d in ((31, 64), (59, 16)):
+        offset = torch.randn(1, d, generator=g, dtype=torch.float64)
+        c = torch.randn(n, 1, generator=g, dtype=torch.float64)
+        v = torch.randn(1, d, generator=g, dtype=torch.float64)
+        rank1 = c * v + offset  # a line: one component; its Gram's λ₂ is rounding noise
+        _, plane = ring_angles(rank1)
+        assert float(plane) == 0.0
+        assert circular_rqi(rank1) == 0.0
+        # a thin but genuine second direction (σ₂ = 1e-3·σ₁) is still a plane
+        w = torch.randn(n, 1, generator=g, dtype=torch.float64)
+        thin = rank1 + 1e-3 * (w - w.mean()) * torch.randn(1, d, generator=g, dtype=torch.float64)
+        assert float(ring_angles(thin)[1]) == pytest.approx(1.0)
+    assert float(ring_angles(torch.ones(7, 3))[1]) == 0.0  # constant
+    assert float(ring_angles(torch.randn(7, 1, generator=g))[1]) == 0.0  # one dimension
+    assert batched_rqi(torch.randn(2, 7, 1, generator=g))["circular"].tolist() == [0.0, 0.0]
+
+
 def test_bad_input_is_one_line_error():
     with pytest.raises(GrokinterpError, match="tensor"):
         circular_rqi([[1.0, 2.0]])
@@ -139,6 +256,8 @@ def test_rqi_analysis_over_a_run(tmp_path):
     )
     run = train(cfg, tmp_path / "run", progress=False)
     assert "rqi" in ANALYSES and applicable(run)["rqi"] is None
+    # the driver sizes chunks from it: the float64 embedding, Grams and tables (≈ 60 kB here)
+    assert 20_000 < ANALYSES["rqi"].factory(run).bytes_per_checkpoint < 200_000
     ref = over_training(run, ["rqi"], progress=False, reference=True, force=True)
     new = over_training(run, ["rqi"], progress=False, force=True)
     for key in ("circular", "linear", "plane_variance"):

@@ -31,8 +31,8 @@ Sizes:
   2 000 (~120; a float64 checkpoint is 14 MB). Weight decay shrinks the weights by
   exp(−lr·wd·t): e^−2 by 2e5 steps. Measured on a CPU (float32) with this lr and wd at width
   100: train accuracy 1 by ~40k steps, test accuracy from 0.12 at 60k to 0.82 at 102k. **Estimated H200 time
-  ~2 min** (2e5 graph-captured float64 steps ≈ 0.4 ms each; the rank of 12 layers × ~120
-  checkpoints ≈ 10 s).
+  ~4 min**, measured 247 s (training 98 s: 2e5 graph-captured float64 steps ≈ 0.5 ms each; the rest
+  is the ``rank`` analysis of 12 layers and the report).
 
 Results: ``{"threshold", "fit_step", "generalize_step", "final_test_acc", "window": {...} | None,
 "layers": [{"layer", "drop_step", "drop_fraction", "rank_start", "rank_max", "rank_final"}]}``.
@@ -84,7 +84,7 @@ SIZES = {
         "digits (no MNIST offline), 200 train images = the paper's batch 200 (full batch), 12 "
         "hidden ReLU layers × 400, init ×8, AdamW lr 1e-3 wd 0.01, MSE, float64, 200 000 steps",
         seeds=1,
-        minutes=2,
+        minutes=4,
         needs_gpu=True,
         params={
             "preset": "deep-grokking",

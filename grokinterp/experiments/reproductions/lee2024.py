@@ -25,7 +25,7 @@ Sizes:
   ≤ 4 000: ~4 min on 2 cores.
 * ``paper``: as above with p = 97, d_model 128; baseline ≤ 15 000 steps, filters ≤ 5 000.
   Minibatch steps are not captured in a CUDA graph (the host draws the batch), ~5–7 ms each:
-  **Estimated H200 time ~2.5 min** (baseline ≈ 15 000 × 6 ms = 90 s, the filters ≈ 1–2k steps
+  **Estimated H200 time ~3.5 min** (measured 195 s on 2026-12-02) (baseline ≈ 15 000 × 6 ms = 90 s, the filters ≈ 1–2k steps
   each, evaluations).
 
 Results: ``{"p": int, "budget": {kind: steps}, "runs": {kind: {"generalize_step", "fit_step",
@@ -100,7 +100,7 @@ SIZES = {
         "≤ 15 000 steps (paper: 39 890 needed); EMA (0.98, 2, wd 0.005) and MA (100, 5, wd 0.01) "
         "≤ 5 000 steps",
         seeds=1,
-        minutes=2.5,
+        minutes=3.5,
         needs_gpu=True,
         params={
             "overrides": [*_COMMON, "task.p=97"],
