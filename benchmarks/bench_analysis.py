@@ -112,6 +112,11 @@ def main() -> int:
         action="store_true",
         help="profile with cProfile only (no torch.profiler kernel trace: seconds, not minutes)",
     )
+    ap.add_argument(
+        "--chunk-sizes",
+        default=None,
+        help="also time each analysis at these checkpoints per chunk (e.g. 8,14,16), best of 2",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -173,6 +178,22 @@ def main() -> int:
                 f"   {old / new:6.1f}x   cached {cached:.3f} s",
                 flush=True,
             )
+        by_chunk: dict[str, dict[int, float]] = {}
+        for name in names if args.chunk_sizes else []:
+            for size in [int(c) for c in args.chunk_sizes.split(",")]:
+                times = []
+                for _ in range(2):
+                    sync(device)
+                    t = time.perf_counter()
+                    over_training(
+                        run, [name], progress=False, device=device, force=True, chunk_size=size
+                    )
+                    sync(device)
+                    times.append(time.perf_counter() - t)
+                by_chunk.setdefault(name, {})[size] = min(times)
+            print(f"  {name:11s} by chunk size: " + ", ".join(
+                f"{k}: {v:.2f} s" for k, v in by_chunk[name].items()
+            ))  # fmt: skip
         total_new = sum(r["new_s"] for r in rows.values())
         total_old = sum(r["old_s_extrapolated"] for r in rows.values())
         # what `grokinterp analyze` does: all of them in one call, sharing the stacked weights
@@ -195,6 +216,7 @@ def main() -> int:
             "total_new_s": total_new,
             "total_old_s_extrapolated": total_old,
             "one_call_s": one_call,
+            "seconds_by_chunk_size": by_chunk,
             "one_call_seconds": one.seconds,
             "one_call_over_train": one_call / t_train,
             "new_over_train": total_new / t_train,

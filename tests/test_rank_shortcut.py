@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grokinterp.analysis import over_training
-from grokinterp.analysis import rank as rank_mod
+from grokinterp.analysis import rank_batched as rank_mod
 from grokinterp.analysis.rank import batched_linear_ranks, batched_ranks, effective_rank
 from grokinterp.config import GrokinterpError
 from grokinterp.training import train
@@ -138,13 +138,13 @@ def test_input_weight_only_where_features_are_that_linear_map():
     x, w, f = _linear_features(n=200, x_rank=4, d_in=4, d=12, c=2, seed=4)
     params = {"blocks.0.mlp.W_in": w}
     layer = "pre:blocks.0.mlp.act"
-    assert rank_mod._input_weight(layer, f.float(), x.float(), params) is w
-    assert rank_mod._input_weight(layer, torch.relu(f), x, params) is None  # not x @ W + b
-    assert rank_mod._input_weight(layer, f, x, {"blocks.0.mlp.W_in": w.flip(1)}) is None
-    assert rank_mod._input_weight(layer + "#1", f, x, params) is None  # a second call
-    assert rank_mod._input_weight("pre:blocks.1.mlp.act", f, x, params) is None  # no W_in
-    assert rank_mod._input_weight(layer, f, None, params) is None  # no captured input
-    assert rank_mod._input_weight(layer, f[..., :4], x, {"blocks.0.mlp.W_in": w[..., :4]}) is None
+    assert rank_mod.input_weight(layer, f.float(), x.float(), params) is w
+    assert rank_mod.input_weight(layer, torch.relu(f), x, params) is None  # not x @ W + b
+    assert rank_mod.input_weight(layer, f, x, {"blocks.0.mlp.W_in": w.flip(1)}) is None
+    assert rank_mod.input_weight(layer + "#1", f, x, params) is None  # a second call
+    assert rank_mod.input_weight("pre:blocks.1.mlp.act", f, x, params) is None  # no W_in
+    assert rank_mod.input_weight(layer, f, None, params) is None  # no captured input
+    assert rank_mod.input_weight(layer, f[..., :4], x, {"blocks.0.mlp.W_in": w[..., :4]}) is None
 
 
 def test_misfitting_shapes_are_one_line_errors():

@@ -19,28 +19,16 @@ from grokinterp.config import GrokinterpError, ModelConfig
 from grokinterp.models import build_model, class_logits, to_transformer_bridge
 from grokinterp.models.functional import FastForward
 from grokinterp.tasks import make_task
+from tests.test_tl_bridge import DH, D, H, M
+from tests.test_tl_bridge import _model as bridge_model
 
-D, H, DH, M = 16, 2, 8, 32
 TOL = 1e-5
 
 
 def _model(p: int, n_layers: int, normalization: str = "none", seed: int = 0, **kw):
-    """A small random transformer with nonzero biases and non-unit LayerNorm weights, so a
-    mis-attributed bias or norm parameter shows."""
-    task = make_task("mod_add", p=p)
-    cfg = ModelConfig(
-        n_layers=n_layers, d_model=D, n_heads=H, d_head=DH, d_mlp=M,
-        normalization=normalization, **kw,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    model = build_model(cfg, task)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith(("b_in", "b_out", ".b")):
-                param.normal_(0, 0.3)
-            elif name.endswith(".w"):
-                param.uniform_(0.5, 1.5)
-    return model.eval(), task
+    """The bridge tests' small random transformer (nonzero biases, non-unit LayerNorm weights, so
+    a mis-attributed bias or norm parameter shows)."""
+    return bridge_model(p, n_layers, seed=seed, normalization=normalization, **kw)
 
 
 CASES = [(7, 1, "none"), (7, 2, "none"), (11, 2, "LN")]

@@ -16,8 +16,9 @@ One analysis = one module that registers a factory::
 * ``summarize(run, results) -> dict`` gives the analysis's headline numbers (plain data; the CLI
   and the report format them).
 
-Cache: ``<run>/analysis/<name>.safetensors`` holds one row per checkpoint step, with the parameters,
-the key and the steps in its metadata. Only checkpoints missing from it are computed, it is
+Cache (:mod:`grokinterp.analysis.cache`): ``<run>/analysis/<name>.safetensors`` holds one row per
+checkpoint step, with the parameters, the key and the steps in its metadata. Only checkpoints
+missing from it are computed, it is
 rewritten (atomically) after every chunk — an interrupted analysis keeps what was done — and a run
 that is still training can be analysed as it goes. A changed parameter or key recomputes that
 analysis only.
@@ -32,7 +33,6 @@ import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,18 +40,28 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from grokinterp.analysis.batch import CheckpointBatch, resolve_device, stack_states
+from grokinterp.analysis.cache import (
+    cache_info,
+    cache_path,
+    canonical_json,
+    concat_rows,
+    load_cached,
+    merge_rows,
+    read_cache,
+    write_cache,
+)
 from grokinterp.config import GrokinterpError
-from grokinterp.store import Run, load_tensors, save_tensors
+from grokinterp.store import Run
 
-CACHE_VERSION = 2
 # Checkpoints per batch when neither the caller nor the analysis says: small on a CPU (the
 # per-checkpoint work is already large enough to use the cores), large on a GPU (fills it).
 DEFAULT_CHUNK = {"cpu": 8, "cuda": 64}
 # Most checkpoints per batch for an analysis that states its bytes per checkpoint: on a GPU the
 # memory budget below bounds it, so a weight-only analysis (kilobytes per checkpoint) takes a
 # whole run in a few batches instead of paying the per-batch launch overhead 7× over; on a CPU
-# larger batches only spill out of the caches (fourier on the demo: 2.3 s in chunks of 8, 2.8–3.2
-# s in chunks of 14, 3.5–4.0 s in chunks of 16, measured in one process), so the default stays.
+# larger batches only spill out of the caches, so the default stays (fourier on the demo, 2
+# cores, `benchmarks/bench_analysis.py --run RUN --only fourier --chunk-sizes 4,8,14,16`: 2.1,
+# 2.2, 2.9 and 3.1 s).
 MAX_CHUNK = {"cpu": 8, "cuda": 1024}
 # Memory a chunk may take, for analyses that state their bytes per checkpoint: on a CPU about
 # its caches' size (bigger chunks only spill); on a GPU a share of its free memory.
@@ -209,91 +219,6 @@ class Results(dict):
         return {k[len(name) + 1 :]: v for k, v in self.items() if k.startswith(name + "/")}
 
 
-# ---------------------------------------------------------------------------------------------
-# The cache
-# ---------------------------------------------------------------------------------------------
-
-
-def cache_path(run: Run, name: str) -> Path:
-    return run.analysis_dir / f"{name}.safetensors"
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)
-
-
-@dataclass
-class _Cache:
-    meta: dict[str, Any]
-    steps: list[int]
-    tensors: dict[str, Tensor]
-
-    def rows(self) -> dict[int, int]:
-        return {s: i for i, s in enumerate(self.steps)}
-
-
-def cache_info(run: Run, name: str) -> dict[str, Any] | None:
-    """The metadata of ``name``'s cache (``params``, ``key``, ``steps``, ``last_step``), parsed;
-    None if there is no readable cache of this version."""
-    c = _read_cache(run, name, tensors=False)
-    return None if c is None else {**c.meta, "steps": c.steps}
-
-
-def _read_cache(run: Run, name: str, tensors: bool = True) -> _Cache | None:
-    path = cache_path(run, name)
-    if not path.is_file():
-        return None
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            raw = f.metadata() or {}
-        if raw.get("cache_version") != str(CACHE_VERSION):
-            return None
-        meta = {
-            "params": json.loads(raw["params"]),
-            "key": json.loads(raw["key"]),
-            "last_step": json.loads(raw["last_step"]),
-        }
-        steps = [int(s) for s in json.loads(raw["steps"])]
-        data = load_tensors(path) if tensors else {}
-    except Exception:  # a corrupt or foreign cache is recomputed, never fatal
-        return None
-    if tensors and any(v.shape[:1] != (len(steps),) for v in data.values()):
-        return None
-    return _Cache(meta, steps, data)
-
-
-def _write_cache(run: Run, name: str, cache: _Cache) -> None:
-    meta = {
-        "cache_version": str(CACHE_VERSION),
-        "params": _dumps(cache.meta["params"]),
-        "key": _dumps(cache.meta["key"]),
-        "last_step": _dumps(cache.meta["last_step"]),
-        "steps": json.dumps(cache.steps),
-    }
-    save_tensors(cache_path(run, name), cache.tensors, metadata=meta)
-
-
-def load_cached(
-    run: Run, name: str, params: Mapping[str, Any] | None = None, steps: Sequence[int] | None = None
-) -> dict[str, Tensor] | None:
-    """The cached rows of ``name`` (None if absent, unreadable, or computed with other
-    ``params``, or missing one of ``steps``). With ``steps`` the rows are those steps, in order."""
-    c = _read_cache(run, name)
-    if c is None:
-        return None
-    if params is not None and _dumps(c.meta["params"]) != _dumps(dict(params)):
-        return None
-    if steps is None:
-        return c.tensors
-    rows = c.rows()
-    if any(s not in rows for s in steps):
-        return None
-    idx = torch.tensor([rows[s] for s in steps], dtype=torch.long)
-    return {k: v[idx] for k, v in c.tensors.items()}
-
-
 def _chunk_size(measure: Measure, device: torch.device) -> int:
     """Checkpoints per batch, capped by the analysis's own limit (``measure.chunk``).
 
@@ -310,43 +235,6 @@ def _chunk_size(measure: Measure, device: torch.device) -> int:
     else:
         size = DEFAULT_CHUNK.get(device.type, 8)
     return max(1, min(size, measure.chunk or 1 << 30))
-
-
-def _concat(
-    parts: list[tuple[list[int], dict[str, Tensor]]],
-) -> tuple[list[int], dict[str, Tensor]]:
-    """Chunks' ``(steps, rows)`` as one ``(steps, rows)``."""
-    if len(parts) == 1:
-        return parts[0]
-    steps = [s for chunk_steps, _ in parts for s in chunk_steps]
-    keys = parts[0][1].keys()
-    try:
-        return steps, {k: torch.cat([rows[k] for _, rows in parts]) for k in keys}
-    except (RuntimeError, KeyError):
-        raise GrokinterpError(
-            "analysis outputs change keys or shape across checkpoints; pad them to a fixed shape"
-        ) from None
-
-
-def _merge(old: _Cache | None, new_steps: list[int], new: dict[str, Tensor], meta: dict) -> _Cache:
-    """``old``'s rows plus the ``new`` rows, sorted by step."""
-    if old is None or not old.steps:
-        steps, tensors = list(new_steps), dict(new)
-    else:
-        if set(old.tensors) != set(new):
-            raise GrokinterpError("cached and new rows have different keys; recompute with --force")
-        steps = old.steps + list(new_steps)
-        tensors = {}
-        for k, v in new.items():
-            if old.tensors[k].shape[1:] != v.shape[1:]:
-                raise GrokinterpError(
-                    f"analysis output {k!r} changes shape across checkpoints "
-                    f"({tuple(old.tensors[k].shape[1:])} vs {tuple(v.shape[1:])})"
-                )
-            tensors[k] = torch.cat([old.tensors[k], v.to(old.tensors[k].dtype)])
-    order = sorted(range(len(steps)), key=steps.__getitem__)
-    idx = torch.tensor(order, dtype=torch.long)
-    return _Cache(meta, [steps[i] for i in order], {k: v[idx] for k, v in tensors.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,8 +473,8 @@ def over_training(
     for name, params in specs.items():
         t0 = time.perf_counter()
         out.params[name] = params
-        cached = None if force else _read_cache(run, name)
-        if cached is not None and _dumps(cached.meta["params"]) != _dumps(params):
+        cached = None if force else read_cache(run, name)
+        if cached is not None and canonical_json(cached.meta["params"]) != canonical_json(params):
             cached = None
         # Fast path: everything asked for is cached and the run has not moved on since.
         if cached is not None and cached.meta["last_step"] == last:
@@ -597,8 +485,8 @@ def over_training(
                 out.seconds[name], out.computed[name] = time.perf_counter() - t0, 0
                 continue
         measure = _as_measure(ANALYSES[name].factory(run, **params))
-        key = json.loads(_dumps(dict(measure.key)))
-        if cached is not None and _dumps(cached.meta["key"]) != _dumps(key):
+        key = json.loads(canonical_json(dict(measure.key)))
+        if cached is not None and canonical_json(cached.meta["key"]) != canonical_json(key):
             cached = None  # e.g. new key frequencies: every row changes
         meta = {"params": params, "key": key, "last_step": last}
         have = set(cached.steps) if cached is not None else set()
@@ -616,18 +504,18 @@ def over_training(
                     pending.append((chunk_steps, rows))
                     bar.update(len(chunk_steps))
                     if time.perf_counter() - written >= CACHE_WRITE_SECONDS:
-                        cached = _merge(cached, *_concat(pending), meta)
-                        _write_cache(run, name, cached)  # even a kill keeps what was done
+                        cached = merge_rows(cached, *concat_rows(pending), meta)
+                        write_cache(run, name, cached)  # even a kill keeps what was done
                         pending, written = [], time.perf_counter()
             finally:  # also on Ctrl-C or an error in a later chunk: keep the finished chunks
                 if pending:
-                    cached = _merge(cached, *_concat(pending), meta)
-                    _write_cache(run, name, cached)
+                    cached = merge_rows(cached, *concat_rows(pending), meta)
+                    write_cache(run, name, cached)
         if cached is None:  # nothing to compute and nothing cached: cannot happen with steps
             raise GrokinterpError(f"no checkpoints to analyse in {run.path}")
         if not todo:  # all rows were cached; record that they are valid for this last step
             cached.meta = meta
-            _write_cache(run, name, cached)
+            write_cache(run, name, cached)
         rows_of = cached.rows()
         idx = torch.tensor([rows_of[s] for s in steps], dtype=torch.long)
         out.update({f"{name}/{k}": v[idx] for k, v in cached.tensors.items()})

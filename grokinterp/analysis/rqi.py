@@ -142,11 +142,9 @@ def _check_delta(delta: float) -> float:
 # take about ``_SLICE_BYTES`` each — on a CPU about its L2 cache (16 MB slices ran 2× slower:
 # page faults and cache spills), on a GPU one slice per chunk of 64. The same arithmetic as the
 # former loop for the circular test (identical hit counts), the Gram identity for the linear one.
-# Measured in one process against the former code (loop over classes, full SVD), 2-core CPU,
-# 2 threads, p = 113, d = 128, float64, min of 25 (random; planted rings alike): 64 embeddings
-# — ring angles 75 ms (SVD 151), circular incl. angles 117 ms (257), linear 45 ms (250);
-# 8 embeddings — 11 ms (24), 27 ms (60), 16 ms (56). Faster on the CPU too, so one path for
-# every device (a padded [C, classes, k, k] Gram, tried before, was slower than the loop).
+# Faster than the former loop on the CPU too (`benchmarks/bench_analysis.py --preset demo`:
+# rqi 0.5 s → 0.14 s over 87 checkpoints), so one path for every device; on an H200 the ring's
+# eigh replaced a 2.05 s batched SVD with 0.60 s (`--profile`, RESULTS.md §(e2)).
 _SLICE_BYTES = {"cpu": 2 << 20, "cuda": 256 << 20}
 _MIN_SLICE = 1024  # parallelograms per slice at least, however many checkpoints
 # float64 [slice, C] temporaries alive at once in a slice (linear: cross, pair sums, a gather)

@@ -189,6 +189,12 @@ def most(flags: Sequence[bool], share: float = 2 / 3) -> bool:
     return bool(flags) and sum(bool(f) for f in flags) >= share * len(flags) - 1e-9
 
 
+def failed_checks(checks: Sequence[Mapping[str, bool]]) -> str:
+    """``"failed checks: a, b"``: the names of the checks that fail on any seed (one mapping of
+    check name → held per seed), for a verdict's "why"."""
+    return "failed checks: " + ", ".join(sorted({k for c in checks for k, v in c.items() if not v}))
+
+
 def config_hash(*parts: Any) -> str:
     """8 hex digits identifying JSON-able ``parts`` (configs, grids): folder names that change
     when what is trained there changes, so that a changed ``--set`` never meets an old run."""

@@ -34,6 +34,7 @@ from grokinterp.experiments.reproductions.base import (
     Paper,
     Setting,
     Verdict,
+    failed_checks,
     fmt_step,
     grok,
     most,
@@ -126,13 +127,10 @@ def verdict(results: Mapping[str, Any]) -> Verdict:
     if len(seeds) > 1:
         ours += f" ({sum(full)}/{len(seeds)} seeds)"
     status = status_of([most(full)], [any(norms_move)])
-    failed = sorted({k for c in checks for k, v in c.items() if not v})
     why = (
         "a few-neuron subnetwork's norm grows while the dense complement decays"
         if status == "reproduced"
-        else "failed checks: "
-        + ", ".join(failed)
-        + f" (all hold on {sum(full)}/{len(seeds)} seeds)"
+        else failed_checks(checks) + f" (all hold on {sum(full)}/{len(seeds)} seeds)"
     )
     return Verdict(status, ours, PAPER_FIGURE, why)
 

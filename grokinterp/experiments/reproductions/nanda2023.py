@@ -40,6 +40,7 @@ from grokinterp.experiments.reproductions.base import (
     Paper,
     Setting,
     Verdict,
+    failed_checks,
     fmt_step,
     grok,
     most,
@@ -161,13 +162,11 @@ def verdict(results: Mapping[str, Any]) -> Verdict:
     if len(seeds) > 1:
         ours += f" ({sum(timing)}/{len(seeds)} seeds show the ordering)"
     status = status_of([most(timing), most(structure)], [any(timing), any(structure)])
-    failed = sorted({k for c in checks for k, v in c.items() if not v})
     why = (
         "restricted loss falls and excluded loss rises before the test loss falls, with a few "
         "key frequencies carrying the logits"
         if status == "reproduced"
-        else "failed checks: "
-        + ", ".join(failed)
+        else failed_checks(checks)
         + f" (timing on {sum(timing)}/{len(seeds)} seeds, structure on {sum(structure)}/{len(seeds)})"
     )
     return Verdict(status, ours, PAPER_FIGURE, why)
